@@ -1,0 +1,191 @@
+//! Typed access to Margay resources stored in a [`Datastore`].
+//!
+//! Values are stored as full JSON documents (`apiVersion`, `kind`, `metadata`, `spec`) without
+//! `metadata.resourceVersion`, which is filled from the datastore's revision on read and used as
+//! the compare-and-swap token on write.
+
+mod apply;
+
+use std::time::SystemTime;
+
+use margay_api::{Kind, Object, Resource};
+use margay_datastore::{Key, KeyValue, Query, SharedDatastore};
+
+pub use apply::{apply, Applied, ApplyMode, ApplyOutcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Datastore(#[from] margay_datastore::Error),
+    #[error("stored {key} is unreadable: {message}")]
+    Corrupt { key: Key, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    /// Item `index` of an apply batch was refused; nothing of the batch was written.
+    #[error("{message}")]
+    Rejected { index: usize, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A handle on the datastore that speaks resources instead of bytes.
+#[derive(Clone)]
+pub struct Client {
+    ds: SharedDatastore,
+}
+
+/// The datastore key of a resource.
+pub fn key(kind: Kind, namespace: Option<&str>, name: &str) -> Key {
+    Key::new(kind.name(), namespace, name)
+}
+
+impl Client {
+    pub fn new(ds: SharedDatastore) -> Client {
+        Client { ds }
+    }
+
+    pub fn datastore(&self) -> &SharedDatastore {
+        &self.ds
+    }
+
+    pub async fn get<T: Object>(&self, namespace: Option<&str>, name: &str) -> Result<Option<T>> {
+        match self.ds.get(&key(T::KIND, namespace, name)).await? {
+            Some(kv) => Ok(Some(decode_typed(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every object of the kind (in `namespace`, or everywhere), and the list's revision.
+    pub async fn list<T: Object>(&self, namespace: Option<&str>) -> Result<(Vec<T>, i64)> {
+        let res = self.ds.list(&query(T::KIND, namespace)).await?;
+        let items = res.items.iter().map(decode_typed).collect::<Result<_>>()?;
+        Ok((items, res.revision))
+    }
+
+    /// Creates the object; server fields (uid, creation time) are set here.
+    pub async fn create<T: Object>(&self, obj: &T) -> Result<T> {
+        let doc = document_for_create(Resource::from_object(obj.clone()));
+        let k = key_of(obj.metadata(), T::KIND);
+        let kv = self.ds.create(&k, &encode(&doc)).await?;
+        decode_typed(&kv)
+    }
+
+    /// Compare-and-swap on `metadata.resourceVersion`, which must be set (read the object first).
+    pub async fn update<T: Object>(&self, obj: &T) -> Result<T> {
+        let rev = obj.metadata().revision().ok_or_else(|| {
+            Error::Invalid(format!(
+                "update of {} {} needs metadata.resourceVersion",
+                T::KIND,
+                obj.metadata().name
+            ))
+        })?;
+        let doc = Resource::from_object(obj.clone());
+        let k = key_of(obj.metadata(), T::KIND);
+        let kv = self.ds.update(&k, &encode(&doc), rev).await?;
+        decode_typed(&kv)
+    }
+
+    /// Deletes, with compare-and-swap when `revision` is given; returns what was deleted.
+    pub async fn delete<T: Object>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        revision: Option<i64>,
+    ) -> Result<T> {
+        let kv = self
+            .ds
+            .delete(&key(T::KIND, namespace, name), revision)
+            .await?;
+        decode_typed(&kv)
+    }
+
+    pub async fn get_resource(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Resource>> {
+        match self.ds.get(&key(kind, namespace, name)).await? {
+            Some(kv) => Ok(Some(decode_resource(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list_resources(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Resource>> {
+        let res = self.ds.list(&query(kind, namespace)).await?;
+        res.items.iter().map(decode_resource).collect()
+    }
+
+    pub async fn delete_resource(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Resource> {
+        let kv = self.ds.delete(&key(kind, namespace, name), None).await?;
+        decode_resource(&kv)
+    }
+}
+
+fn query(kind: Kind, namespace: Option<&str>) -> Query {
+    Query {
+        kind: kind.name().into(),
+        namespace: namespace.map(str::to_owned),
+        name_prefix: None,
+    }
+}
+
+fn key_of(meta: &margay_api::ObjectMeta, kind: Kind) -> Key {
+    key(kind, meta.namespace.as_deref(), &meta.name)
+}
+
+/// Sets the server-owned metadata of a new object.
+pub(crate) fn document_for_create(mut res: Resource) -> Resource {
+    let meta = res.metadata_mut();
+    meta.uid = Some(uuid::Uuid::new_v4().to_string());
+    meta.creation_timestamp =
+        Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+    res
+}
+
+/// The stored bytes: the full document without `resourceVersion` (the revision is the truth).
+pub(crate) fn encode(res: &Resource) -> Vec<u8> {
+    let mut res = res.clone();
+    res.metadata_mut().resource_version = None;
+    serde_json::to_vec(&res.to_value()).expect("resources serialize to JSON")
+}
+
+fn decode_typed<T: Object>(kv: &KeyValue) -> Result<T> {
+    let mut obj: T = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
+        key: kv.key.clone(),
+        message: e.to_string(),
+    })?;
+    obj.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
+    Ok(obj)
+}
+
+pub(crate) fn decode_resource(kv: &KeyValue) -> Result<Resource> {
+    let kind = Kind::ALL
+        .iter()
+        .copied()
+        .find(|k| k.name() == kv.key.kind)
+        .ok_or_else(|| Error::Corrupt {
+            key: kv.key.clone(),
+            message: "unknown kind".into(),
+        })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
+            key: kv.key.clone(),
+            message: e.to_string(),
+        })?;
+    let mut res = Resource::from_stored(kind, value).map_err(|e| Error::Corrupt {
+        key: kv.key.clone(),
+        message: e.to_string(),
+    })?;
+    res.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
+    Ok(res)
+}

@@ -1,0 +1,605 @@
+//! Embedded backend (`sqlite://PATH`): one SQLite file shared by every process on the node
+//! (CNI invocations, the agent, the CLI).
+//!
+//! Schema:
+//! - `meta`: one row holding the global `revision` and `compacted`, the oldest revision whose
+//!   change is still in `changes`.
+//! - `kv(kind, namespace, name, value, create_rev, mod_rev)`: current values. Cluster-scoped
+//!   keys have a NULL namespace; uniqueness goes through `ifnull(namespace, '')`, which is
+//!   unambiguous because empty namespaces are rejected.
+//! - `changes(rev, kind, namespace, name, op, value, create_rev)`: one row per revision
+//!   (`op` is `put` or `delete`), which watchers poll. Only the last
+//!   [`SqliteOptions::history_retention`] revisions are kept.
+//!
+//! Concurrency: WAL mode so readers never block the writer, a busy timeout so writers queue
+//! for the lock instead of failing, and `BEGIN IMMEDIATE` for every write so the
+//! read-check-write of a compare-and-swap holds the write lock throughout.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::{
+    validate_key, validate_query, Datastore, Error, Event, EventStream, Key, KeyValue, ListResult,
+    Query, Result,
+};
+
+const BACKEND: &str = "sqlite";
+const SCHEMA_VERSION: i64 = 1;
+/// Rows a watcher reads per poll; it polls again at once when a batch was full.
+const WATCH_BATCH: i64 = 1000;
+
+/// Tuning for [`SqliteDatastore::open`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Revisions of change history kept for watchers (older ones are trimmed on write).
+    pub history_retention: i64,
+    /// How long a statement waits for another process's lock before failing.
+    pub busy_timeout: Duration,
+    /// How often a watch checks the file for new changes.
+    pub poll_interval: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            history_retention: 10_000,
+            busy_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(25),
+        }
+    }
+}
+
+/// Maps rusqlite errors into [`Error::Backend`].
+trait SqlResultExt<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> SqlResultExt<T> for rusqlite::Result<T> {
+    fn db(self) -> Result<T> {
+        self.map_err(|e| backend_error(e.to_string()))
+    }
+}
+
+fn backend_error(message: String) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        message,
+    }
+}
+
+/// The SQLite datastore.
+pub struct SqliteDatastore {
+    path: PathBuf,
+    opts: SqliteOptions,
+    /// One connection per process is plenty: SQLite serializes writers anyway, and the
+    /// mutex keeps `Connection` (which is not `Sync`) on one thread at a time.
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteDatastore {
+    /// Opens (creating it, its parent directory and its schema if needed) the database file.
+    pub async fn open(path: impl Into<PathBuf>, opts: SqliteOptions) -> Result<Self> {
+        let path = path.into();
+        let conn = {
+            let (path, opts) = (path.clone(), opts.clone());
+            blocking(move || {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        backend_error(format!("cannot create directory {}: {e}", dir.display()))
+                    })?;
+                }
+                let mut conn = open_connection(&path, &opts)?;
+                init_schema(&mut conn)?;
+                Ok(conn)
+            })
+            .await?
+        };
+        debug!(path = %path.display(), "opened sqlite datastore");
+        Ok(SqliteDatastore {
+            path,
+            opts,
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Drops the change history before `revision` (as etcd's compaction does): watches that
+    /// need an older revision then fail with [`Error::Compacted`].
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .db()?;
+            let (current, _) = read_meta(&tx)?;
+            if revision > current {
+                return Err(backend_error(format!(
+                    "cannot compact to revision {revision}: the store is at {current}"
+                )));
+            }
+            compact_to(&tx, revision)?;
+            tx.commit().db()
+        })
+        .await
+    }
+
+    /// Runs `f` with the connection on the blocking thread pool.
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        blocking(move || {
+            // A panic mid-transaction rolls the transaction back on unwind, so the
+            // connection behind a poisoned lock is still sound.
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut conn)
+        })
+        .await
+    }
+
+    /// One write transaction: `f` checks and writes given the new revision; the revision
+    /// is bumped and the change recorded only if it succeeds.
+    async fn write(
+        &self,
+        f: impl FnOnce(&Transaction<'_>, i64) -> Result<(KeyValue, Change)> + Send + 'static,
+    ) -> Result<KeyValue> {
+        let retention = self.opts.history_retention.max(1);
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .db()?;
+            let (current, compacted) = read_meta(&tx)?;
+            let revision = current + 1;
+            let (kv, change) = f(&tx, revision)?;
+            let (op, value, create_rev) = match &change {
+                Change::Put => ("put", Some(kv.value.as_slice()), Some(kv.create_revision)),
+                Change::Delete => ("delete", None, None),
+            };
+            tx.execute(
+                "INSERT INTO changes (rev, kind, namespace, name, op, value, create_rev)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    revision,
+                    kv.key.kind,
+                    kv.key.namespace,
+                    kv.key.name,
+                    op,
+                    value,
+                    create_rev
+                ],
+            )
+            .db()?;
+            tx.execute("UPDATE meta SET revision = ?1", [revision])
+                .db()?;
+            // Trim in batches (every retention/8 revisions) rather than on every write.
+            if revision - compacted >= retention + (retention / 8).max(1) {
+                compact_to(&tx, revision - retention + 1)?;
+            }
+            tx.commit().db()?;
+            Ok(kv)
+        })
+        .await
+    }
+}
+
+enum Change {
+    Put,
+    Delete,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| backend_error(format!("database task failed: {e}")))?
+}
+
+fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
+    let context = |e: rusqlite::Error| backend_error(format!("{}: {e}", path.display()));
+    let conn = Connection::open(path).map_err(context)?;
+    conn.busy_timeout(opts.busy_timeout).map_err(context)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(context)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(backend_error(format!(
+            "{}: cannot enable WAL mode (journal mode is {mode})",
+            path.display()
+        )));
+    }
+    // In WAL mode NORMAL survives process crashes; only an OS crash or power loss can lose
+    // the last commits, and fsync on every CNI write would cost more than it is worth.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(context)?;
+    Ok(conn)
+}
+
+fn init_schema(conn: &mut Connection) -> Result<()> {
+    // Every CNI invocation opens the file: skip the write lock when the schema is there.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .db()?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .db()?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .db()?;
+    if version > SCHEMA_VERSION {
+        return Err(backend_error(format!(
+            "database schema version {version} is newer than this binary supports ({SCHEMA_VERSION})"
+        )));
+    }
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS meta (
+             id INTEGER PRIMARY KEY CHECK (id = 0),
+             revision INTEGER NOT NULL,
+             compacted INTEGER NOT NULL
+         );
+         INSERT OR IGNORE INTO meta (id, revision, compacted) VALUES (0, 0, 0);
+         CREATE TABLE IF NOT EXISTS kv (
+             kind TEXT NOT NULL,
+             namespace TEXT,
+             name TEXT NOT NULL,
+             value BLOB NOT NULL,
+             create_rev INTEGER NOT NULL,
+             mod_rev INTEGER NOT NULL
+         );
+         CREATE UNIQUE INDEX IF NOT EXISTS kv_key ON kv (kind, ifnull(namespace, ''), name);
+         CREATE TABLE IF NOT EXISTS changes (
+             rev INTEGER PRIMARY KEY,
+             kind TEXT NOT NULL,
+             namespace TEXT,
+             name TEXT NOT NULL,
+             op TEXT NOT NULL CHECK (op IN ('put', 'delete')),
+             value BLOB,
+             create_rev INTEGER
+         );
+         PRAGMA user_version = {SCHEMA_VERSION};"
+    ))
+    .db()?;
+    tx.commit().db()
+}
+
+fn read_meta(conn: &Connection) -> Result<(i64, i64)> {
+    conn.query_row("SELECT revision, compacted FROM meta", [], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })
+    .db()
+}
+
+fn compact_to(tx: &Transaction<'_>, revision: i64) -> Result<()> {
+    let (_, compacted) = read_meta(tx)?;
+    if revision <= compacted {
+        return Ok(());
+    }
+    let trimmed = tx
+        .execute("DELETE FROM changes WHERE rev < ?1", [revision])
+        .db()?;
+    tx.execute("UPDATE meta SET compacted = ?1", [revision])
+        .db()?;
+    debug!(revision, trimmed, "compacted sqlite change history");
+    Ok(())
+}
+
+/// Current value and revisions of `key`, if any.
+fn read_key(conn: &Connection, key: &Key) -> Result<Option<KeyValue>> {
+    conn.query_row(
+        "SELECT value, create_rev, mod_rev FROM kv
+         WHERE kind = ?1 AND ifnull(namespace, '') = ?2 AND name = ?3",
+        params![key.kind, key.namespace.as_deref().unwrap_or(""), key.name],
+        |row| {
+            Ok(KeyValue {
+                key: key.clone(),
+                value: row.get(0)?,
+                create_revision: row.get(1)?,
+                mod_revision: row.get(2)?,
+            })
+        },
+    )
+    .optional()
+    .db()
+}
+
+#[async_trait]
+impl Datastore for SqliteDatastore {
+    async fn get(&self, key: &Key) -> Result<Option<KeyValue>> {
+        validate_key(BACKEND, key)?;
+        let key = key.clone();
+        self.with_conn(move |conn| read_key(conn, &key)).await
+    }
+
+    async fn list(&self, query: &Query) -> Result<ListResult> {
+        validate_query(BACKEND, query)?;
+        let query = query.clone();
+        self.with_conn(move |conn| {
+            // One read transaction: the items and the revision come from the same snapshot.
+            let tx = conn.transaction().db()?;
+            let (revision, _) = read_meta(&tx)?;
+            let mut stmt = tx
+                .prepare(
+                    "SELECT namespace, name, value, create_rev, mod_rev FROM kv
+                     WHERE kind = ?1
+                       AND (?2 IS NULL OR ifnull(namespace, '') = ?2)
+                       AND (?3 IS NULL OR substr(name, 1, length(?3)) = ?3)
+                     ORDER BY ifnull(namespace, ''), name",
+                )
+                .db()?;
+            let items = stmt
+                .query_map(
+                    params![query.kind, query.namespace, query.name_prefix],
+                    |row| {
+                        Ok(KeyValue {
+                            key: Key {
+                                kind: query.kind.clone(),
+                                namespace: row.get(0)?,
+                                name: row.get(1)?,
+                            },
+                            value: row.get(2)?,
+                            create_revision: row.get(3)?,
+                            mod_revision: row.get(4)?,
+                        })
+                    },
+                )
+                .db()?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .db()?;
+            Ok(ListResult { items, revision })
+        })
+        .await
+    }
+
+    async fn create(&self, key: &Key, value: &[u8]) -> Result<KeyValue> {
+        validate_key(BACKEND, key)?;
+        let (key, value) = (key.clone(), value.to_vec());
+        self.write(move |tx, revision| {
+            if read_key(tx, &key)?.is_some() {
+                return Err(Error::AlreadyExists(key));
+            }
+            tx.execute(
+                "INSERT INTO kv (kind, namespace, name, value, create_rev, mod_rev)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![key.kind, key.namespace, key.name, value, revision],
+            )
+            .db()?;
+            let kv = KeyValue {
+                key,
+                value,
+                create_revision: revision,
+                mod_revision: revision,
+            };
+            Ok((kv, Change::Put))
+        })
+        .await
+    }
+
+    async fn update(&self, key: &Key, value: &[u8], expected_revision: i64) -> Result<KeyValue> {
+        validate_key(BACKEND, key)?;
+        let (key, value) = (key.clone(), value.to_vec());
+        self.write(move |tx, revision| {
+            let current = read_key(tx, &key)?.ok_or_else(|| Error::NotFound(key.clone()))?;
+            if current.mod_revision != expected_revision {
+                return Err(Error::Conflict {
+                    key,
+                    expected: expected_revision,
+                    actual: current.mod_revision,
+                });
+            }
+            tx.execute(
+                "UPDATE kv SET value = ?4, mod_rev = ?5
+                 WHERE kind = ?1 AND ifnull(namespace, '') = ?2 AND name = ?3",
+                params![
+                    key.kind,
+                    key.namespace.as_deref().unwrap_or(""),
+                    key.name,
+                    value,
+                    revision
+                ],
+            )
+            .db()?;
+            let kv = KeyValue {
+                key,
+                value,
+                create_revision: current.create_revision,
+                mod_revision: revision,
+            };
+            Ok((kv, Change::Put))
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &Key, expected_revision: Option<i64>) -> Result<KeyValue> {
+        validate_key(BACKEND, key)?;
+        let key = key.clone();
+        self.write(move |tx, _| {
+            let current = read_key(tx, &key)?.ok_or_else(|| Error::NotFound(key.clone()))?;
+            if let Some(expected) = expected_revision {
+                if current.mod_revision != expected {
+                    return Err(Error::Conflict {
+                        key,
+                        expected,
+                        actual: current.mod_revision,
+                    });
+                }
+            }
+            tx.execute(
+                "DELETE FROM kv WHERE kind = ?1 AND ifnull(namespace, '') = ?2 AND name = ?3",
+                params![key.kind, key.namespace.as_deref().unwrap_or(""), key.name],
+            )
+            .db()?;
+            Ok((current, Change::Delete))
+        })
+        .await
+    }
+
+    async fn watch(&self, query: &Query, after_revision: i64) -> Result<EventStream> {
+        validate_query(BACKEND, query)?;
+        // Fail now, not as the first item, when the history is already gone.
+        let (_, compacted) = self.with_conn(|conn| read_meta(conn)).await?;
+        check_compacted(after_revision, compacted)?;
+
+        // Each watch polls from its own thread and connection: polling is blocking work,
+        // and a private connection makes `PRAGMA data_version` a cheap "anything new?".
+        let (tx, rx) = mpsc::channel(256);
+        let (path, opts, query) = (self.path.clone(), self.opts.clone(), query.clone());
+        std::thread::Builder::new()
+            .name("margay-sqlite-watch".into())
+            .spawn(move || watch_thread(&path, &opts, &query, after_revision, &tx))
+            .map_err(|e| backend_error(format!("cannot start watch thread: {e}")))?;
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })))
+    }
+
+    async fn revision(&self) -> Result<i64> {
+        self.with_conn(|conn| read_meta(conn).map(|(revision, _)| revision))
+            .await
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+}
+
+fn check_compacted(after_revision: i64, compacted: i64) -> Result<()> {
+    if after_revision + 1 < compacted {
+        return Err(Error::Compacted {
+            requested: after_revision + 1,
+            compacted,
+        });
+    }
+    Ok(())
+}
+
+type EventSender = mpsc::Sender<Result<Event>>;
+
+/// Polls `changes` until the stream is dropped or fails; errors end the stream.
+fn watch_thread(path: &Path, opts: &SqliteOptions, query: &Query, after: i64, tx: &EventSender) {
+    let result = open_connection(path, opts).and_then(|mut conn| {
+        let mut poller = Poller {
+            last: after,
+            data_version: None,
+        };
+        while !tx.is_closed() {
+            let (events, more) = poller.poll(&mut conn, query)?;
+            for event in events {
+                if tx.blocking_send(Ok(event)).is_err() {
+                    return Ok(());
+                }
+            }
+            if !more {
+                std::thread::sleep(opts.poll_interval);
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        debug!(error = %e, "sqlite watch ended");
+        let _ = tx.blocking_send(Err(e));
+    }
+}
+
+struct Poller {
+    /// Revision up to which `changes` has been read.
+    last: i64,
+    /// `PRAGMA data_version` at the last full read; it changes when anyone commits.
+    data_version: Option<i64>,
+}
+
+impl Poller {
+    /// New matching events, and whether more rows are waiting beyond this batch.
+    fn poll(&mut self, conn: &mut Connection, query: &Query) -> Result<(Vec<Event>, bool)> {
+        let version: i64 = conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))
+            .db()?;
+        if self.data_version == Some(version) {
+            return Ok((Vec::new(), false));
+        }
+        let tx = conn.transaction().db()?;
+        let (revision, compacted) = read_meta(&tx)?;
+        check_compacted(self.last, compacted)?;
+        let mut stmt = tx
+            .prepare(
+                "SELECT rev, namespace, name, op, value, create_rev FROM changes
+                 WHERE rev > ?1 AND rev <= ?2 AND kind = ?3 ORDER BY rev LIMIT ?4",
+            )
+            .db()?;
+        let rows = stmt
+            .query_map(
+                params![self.last, revision, query.kind, WATCH_BATCH],
+                |row| {
+                    Ok(ChangeRow {
+                        rev: row.get(0)?,
+                        namespace: row.get(1)?,
+                        name: row.get(2)?,
+                        op: row.get(3)?,
+                        value: row.get(4)?,
+                        create_rev: row.get(5)?,
+                    })
+                },
+            )
+            .db()?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .db()?;
+        let full = rows.len() as i64 == WATCH_BATCH;
+        // A full batch may stop short of `revision`: resume after its last row, and leave
+        // `data_version` unset so the next poll reads again at once.
+        self.last = match rows.last() {
+            Some(row) if full => row.rev,
+            _ => revision.max(self.last),
+        };
+        if !full {
+            self.data_version = Some(version);
+        }
+        let mut events = Vec::new();
+        for row in rows {
+            let key = Key {
+                kind: query.kind.clone(),
+                namespace: row.namespace,
+                name: row.name,
+            };
+            if !query.matches(&key) {
+                continue;
+            }
+            events.push(match (row.op.as_str(), row.value) {
+                ("put", Some(value)) => Event::Put(KeyValue {
+                    key,
+                    value,
+                    create_revision: row.create_rev.unwrap_or(row.rev),
+                    mod_revision: row.rev,
+                }),
+                ("delete", _) => Event::Delete {
+                    key,
+                    revision: row.rev,
+                },
+                (op, _) => {
+                    return Err(backend_error(format!(
+                        "corrupt change at revision {}: op {op:?}",
+                        row.rev
+                    )))
+                }
+            });
+        }
+        Ok((events, full))
+    }
+}
+
+struct ChangeRow {
+    rev: i64,
+    namespace: Option<String>,
+    name: String,
+    op: String,
+    value: Option<Vec<u8>>,
+    create_rev: Option<i64>,
+}

@@ -1,0 +1,402 @@
+//! The `margay` binary: parses arguments and dispatches to the library crates.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use margay_client::{ApplyMode, Client};
+use margay_ctl::{NamespaceScope, OutputFormat, Report};
+use margay_datastore::{ConnectOptions, DEFAULT_URL};
+
+#[derive(Parser)]
+#[command(
+    name = "margay",
+    about = "Kubernetes pod networking: CLI, CNI plugin and node agent"
+)]
+struct Cli {
+    /// Datastore URL: sqlite:///path/to.db (default) or etcd://host:port[,host:port…].
+    #[arg(long, global = true, env = "MARGAY_DATASTORE", default_value = DEFAULT_URL)]
+    datastore: String,
+    /// CA certificate for etcd over TLS.
+    #[arg(long, global = true, env = "MARGAY_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd over TLS.
+    #[arg(long, global = true, env = "MARGAY_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key for etcd over TLS.
+    #[arg(long, global = true, env = "MARGAY_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the version and git commit.
+    Version,
+    /// Create or update resources from files (all documents are validated before any is written).
+    Apply(WriteArgs),
+    /// Create resources; fails if one exists.
+    Create(WriteArgs),
+    /// Replace existing resources; fails if one does not exist.
+    Replace(WriteArgs),
+    /// Delete resources named in files, or by kind and name.
+    Delete(DeleteArgs),
+    /// List or show resources.
+    Get(GetArgs),
+    /// IP address management: show, assign, release, check, configure, gc.
+    #[command(subcommand)]
+    Ipam(IpamCommand),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum IpamCommand {
+    /// Pool and block usage, who holds an address, or the IPAM configuration.
+    Show {
+        #[arg(long)]
+        show_blocks: bool,
+        #[arg(long)]
+        show_borrowed: bool,
+        #[arg(long)]
+        show_configuration: bool,
+        #[arg(long)]
+        ip: Option<IpAddr>,
+    },
+    /// Assign addresses to a handle on a node; prints them, one a line.
+    Assign {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        handle: String,
+        /// Number of IPv4 addresses.
+        #[arg(long, default_value_t = 1)]
+        num: usize,
+        /// Number of IPv6 addresses.
+        #[arg(long, default_value_t = 0)]
+        ipv6: usize,
+        /// Only from this pool (CIDR; repeatable).
+        #[arg(long)]
+        pool: Vec<IpNet>,
+        /// This exact address instead of auto-assignment.
+        #[arg(long, conflicts_with_all = ["num", "ipv6", "pool"])]
+        ip: Option<IpAddr>,
+        /// Attribute key=value (repeatable), e.g. namespace=default pod=web-1.
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+    },
+    /// Release addresses, a handle, or the leaks listed in an `ipam check` report.
+    Release {
+        #[arg(long, num_args = 1.., required_unless_present_any = ["handle", "from_report"])]
+        ip: Vec<IpAddr>,
+        #[arg(long, conflicts_with_all = ["ip", "from_report"])]
+        handle: Option<String>,
+        #[arg(long, conflicts_with = "ip")]
+        from_report: Option<String>,
+    },
+    /// Find leaked and inconsistent allocations; exits 1 when there are any.
+    Check {
+        /// Write the JSON report here.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
+    /// Change the IPAM configuration.
+    Configure {
+        #[arg(long)]
+        strict_affinity: Option<bool>,
+        #[arg(long)]
+        max_blocks_per_host: Option<u32>,
+        #[arg(long)]
+        auto_allocate_blocks: Option<bool>,
+    },
+    /// Release leaked addresses after the leak grace period (Calico's IPAM GC).
+    Gc {
+        /// How long a leak must be seen before release [default: the
+        /// ControllersConfiguration's leakGracePeriod, else 15m].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace_period: Option<Duration>,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        interval: Duration,
+        /// Stop once no leak is left waiting.
+        #[arg(long)]
+        until_clean: bool,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+#[derive(clap::Args)]
+struct WriteArgs {
+    /// File, directory or `-` for standard input (repeatable).
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<String>,
+    /// Namespace for namespaced documents that do not name one.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+}
+
+#[derive(clap::Args)]
+struct DeleteArgs {
+    /// File, directory or `-` naming what to delete (repeatable).
+    #[arg(short = 'f', long = "filename", conflicts_with = "kind")]
+    files: Vec<String>,
+    /// Kind to delete (e.g. ippool, gnp, wep).
+    #[arg(required_unless_present = "files")]
+    kind: Option<String>,
+    /// Names to delete.
+    #[arg(requires = "kind")]
+    names: Vec<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+}
+
+#[derive(clap::Args)]
+struct GetArgs {
+    /// Kind (singular, plural or short name: ippools, nodes, wep, gnp, np, bgppeers, …).
+    kind: String,
+    /// Show only this resource.
+    name: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// All namespaces.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Only resources whose labels match this selector, e.g. "app == 'web' && has(tier)".
+    #[arg(short = 'l', long)]
+    selector: Option<String>,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+    Name,
+}
+
+impl From<Output> for OutputFormat {
+    fn from(o: Output) -> Self {
+        match o {
+            Output::Table => OutputFormat::Table,
+            Output::Wide => OutputFormat::Wide,
+            Output::Yaml => OutputFormat::Yaml,
+            Output::Json => OutputFormat::Json,
+            Output::Name => OutputFormat::Name,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MARGAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Version => {
+            println!(
+                "margay {} (commit {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("MARGAY_GIT_COMMIT")
+            );
+            return Ok(());
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "margay",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_with_datastore(cli))
+}
+
+async fn run_with_datastore(cli: Cli) -> anyhow::Result<()> {
+    let opts = ConnectOptions {
+        etcd_ca: cli.etcd_ca,
+        etcd_cert: cli.etcd_cert,
+        etcd_key: cli.etcd_key,
+    };
+    let ds = margay_datastore::connect(&cli.datastore, &opts).await?;
+    let client = Client::new(ds);
+    match cli.command {
+        Command::Apply(a) => write(&client, a, ApplyMode::Apply).await,
+        Command::Create(a) => write(&client, a, ApplyMode::Create).await,
+        Command::Replace(a) => write(&client, a, ApplyMode::Replace).await,
+        Command::Delete(d) => {
+            let scope = NamespaceScope::One(d.namespace);
+            let report = match d.kind {
+                Some(kind) => margay_ctl::delete_named(&client, &kind, &d.names, &scope).await?,
+                None => margay_ctl::delete_files(&client, &d.files, &scope).await?,
+            };
+            print_report(&report)
+        }
+        Command::Get(g) => {
+            let scope = if g.all_namespaces {
+                NamespaceScope::All
+            } else {
+                NamespaceScope::One(g.namespace)
+            };
+            let out = margay_ctl::get(
+                &client,
+                &g.kind,
+                g.name.as_deref(),
+                &scope,
+                g.selector.as_deref(),
+                g.output.into(),
+            )
+            .await?;
+            std::io::stdout().write_all(out.as_bytes())?;
+            Ok(())
+        }
+        Command::Ipam(cmd) => ipam(&client, cmd).await,
+        Command::Version | Command::Completion { .. } => unreachable!("handled before connecting"),
+    }
+}
+
+async fn ipam(client: &Client, cmd: IpamCommand) -> anyhow::Result<()> {
+    use margay_ctl::ipam;
+    let engine = margay_ipam::Ipam::new(client.clone());
+    let out = match cmd {
+        IpamCommand::Show {
+            show_blocks,
+            show_borrowed,
+            show_configuration,
+            ip,
+        } => {
+            let opts = ipam::ShowOptions {
+                blocks: show_blocks,
+                borrowed: show_borrowed,
+                configuration: show_configuration,
+                ip,
+            };
+            ipam::show(&engine, &opts).await?
+        }
+        IpamCommand::Assign {
+            node,
+            handle,
+            num,
+            ipv6,
+            pool,
+            ip,
+            attrs,
+        } => {
+            let opts = ipam::AssignOptions {
+                node,
+                handle,
+                num_v4: num,
+                num_v6: ipv6,
+                pools: pool,
+                ip,
+                attrs,
+            };
+            ipam::assign(&engine, &opts, &mut |w| eprintln!("warning: {w}")).await?
+        }
+        IpamCommand::Release {
+            ip,
+            handle,
+            from_report,
+        } => {
+            let target = match (handle, from_report) {
+                (Some(h), _) => ipam::ReleaseTarget::Handle(h),
+                (None, Some(r)) => ipam::ReleaseTarget::Report(r),
+                (None, None) => ipam::ReleaseTarget::Ips(ip),
+            };
+            ipam::release(&engine, &target).await?
+        }
+        IpamCommand::Check { output } => {
+            let (text, clean) = ipam::check(&engine, output.as_deref()).await?;
+            print!("{text}");
+            if !clean {
+                anyhow::bail!("IPAM check found problems");
+            }
+            return Ok(());
+        }
+        IpamCommand::Configure {
+            strict_affinity,
+            max_blocks_per_host,
+            auto_allocate_blocks,
+        } => {
+            ipam::configure(
+                &engine,
+                strict_affinity,
+                max_blocks_per_host,
+                auto_allocate_blocks,
+            )
+            .await?
+        }
+        IpamCommand::Gc {
+            grace_period,
+            interval,
+            until_clean,
+            timeout,
+        } => {
+            let grace = match grace_period {
+                Some(g) => g,
+                None => ipam::configured_grace_period(client).await?,
+            };
+            ipam::gc(
+                &engine,
+                grace,
+                interval,
+                until_clean,
+                timeout,
+                &mut |line| eprintln!("{line}"),
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+async fn write(client: &Client, args: WriteArgs, mode: ApplyMode) -> anyhow::Result<()> {
+    let scope = NamespaceScope::One(args.namespace);
+    let report = margay_ctl::apply_files(client, &args.files, mode, &scope).await?;
+    print_report(&report)
+}
+
+fn print_report(report: &Report) -> anyhow::Result<()> {
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut out = std::io::stdout().lock();
+    for line in &report.lines {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
