@@ -14,3 +14,13 @@ run "$bin" get ippools -o wide
 run "$bin" get ippool default-ipv4-ippool -o yaml
 run "$bin" get ipamconfig
 run "$bin" get felixconfiguration default -o yaml
+cat > "$dir/node.yaml" <<'YAML'
+apiVersion: margay.dev/v1
+kind: Node
+metadata:
+  name: demo-node
+YAML
+run "$bin" apply -f "$dir/node.yaml"
+run "$bin" ipam assign --node demo-node --handle demo-pod --num 3
+run "$bin" ipam show --show-blocks
+run "$bin" ipam check

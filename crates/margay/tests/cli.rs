@@ -109,6 +109,26 @@ fn seed_pool_round_trip(env: &Env) {
         "ippool/default-ipv4-ippool unchanged\n"
     );
 
+    // The global flag also works after the subcommand, and MARGAY_DATASTORE is honoured.
+    let after = Command::new(env!("CARGO_BIN_EXE_margay"))
+        .args(["get", "ippools", "-o", "name", "--datastore", &env.url])
+        .env_remove("MARGAY_DATASTORE")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&after.stdout),
+        "ippool/default-ipv4-ippool\n"
+    );
+    let from_env = Command::new(env!("CARGO_BIN_EXE_margay"))
+        .args(["get", "ippools", "-o", "name"])
+        .env("MARGAY_DATASTORE", &env.url)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&from_env.stdout),
+        "ippool/default-ipv4-ippool\n"
+    );
+
     let table = env.ok(&["get", "ippools"]);
     assert_eq!(
         table,
