@@ -10,6 +10,7 @@ pub mod kind;
 pub mod kinds;
 pub mod meta;
 pub mod object;
+mod serde_util;
 pub mod validate;
 
 pub use document::{decode, parse_documents, set_default_namespace, Decoded, Source};

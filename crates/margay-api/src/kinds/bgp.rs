@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -72,40 +72,19 @@ impl Serialize for AsNumber {
 
 impl<'de> Deserialize<'de> for AsNumber {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AsNumber, D::Error> {
-        struct AsVisitor;
-
-        impl Visitor<'_> for AsVisitor {
-            type Value = AsNumber;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an AS number (an integer, or a quoted dotted form like \"1.10\")")
-            }
-
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<AsNumber, E> {
-                u32::try_from(n)
-                    .map(AsNumber)
-                    .map_err(|_| E::custom(format!("AS number {n} is larger than 4294967295")))
-            }
-
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<AsNumber, E> {
-                u64::try_from(n)
-                    .map_err(|_| E::custom(format!("AS number {n} is negative")))
-                    .and_then(|n| self.visit_u64(n))
-            }
-
-            fn visit_f64<E: de::Error>(self, n: f64) -> Result<AsNumber, E> {
-                // YAML reads an unquoted 1.10 as the float 1.1, losing the low half.
-                Err(E::custom(format!(
-                    "{n} is not an AS number: quote dotted AS numbers (\"1.10\")"
-                )))
-            }
-
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<AsNumber, E> {
-                s.parse().map_err(E::custom)
-            }
-        }
-
-        d.deserialize_any(AsVisitor)
+        crate::serde_util::number_or_string(
+            d,
+            "an AS number (an integer, or a quoted dotted form like \"1.10\")",
+            |n| match u32::try_from(n) {
+                Ok(n) => Ok(AsNumber(n)),
+                Err(_) if n < 0 => Err(format!("AS number {n} is negative")),
+                Err(_) => Err(format!("AS number {n} is larger than 4294967295")),
+            },
+            |s| {
+                s.parse()
+                    .map_err(|e: <AsNumber as std::str::FromStr>::Err| e.to_string())
+            },
+        )
     }
 }
 

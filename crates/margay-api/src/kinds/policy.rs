@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use margay_selector::{Expr, Selector};
-use serde::de::{self, Visitor};
+use serde::de;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -174,31 +174,18 @@ impl Serialize for Protocol {
 
 impl<'de> Deserialize<'de> for Protocol {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Protocol, D::Error> {
-        struct ProtocolVisitor;
-
-        impl Visitor<'_> for ProtocolVisitor {
-            type Value = Protocol;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a protocol name or number")
-            }
-
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Protocol, E> {
-                Protocol::from_number(n).map_err(E::custom)
-            }
-
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Protocol, E> {
-                let n = u64::try_from(n)
-                    .map_err(|_| E::custom(format!("protocol number {n} is out of range 1-255")))?;
-                Protocol::from_number(n).map_err(E::custom)
-            }
-
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Protocol, E> {
-                s.parse().map_err(E::custom)
-            }
-        }
-
-        d.deserialize_any(ProtocolVisitor)
+        crate::serde_util::number_or_string(
+            d,
+            "a protocol name or number",
+            |n| match u64::try_from(n) {
+                Ok(n) => Protocol::from_number(n).map_err(|e| e.to_string()),
+                Err(_) => Err(format!("protocol number {n} is out of range 1-255")),
+            },
+            |s| {
+                s.parse()
+                    .map_err(|e: <Protocol as std::str::FromStr>::Err| e.to_string())
+            },
+        )
     }
 }
 
@@ -296,33 +283,19 @@ impl Serialize for Port {
 
 impl<'de> Deserialize<'de> for Port {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Port, D::Error> {
-        struct PortVisitor;
-
-        impl Visitor<'_> for PortVisitor {
-            type Value = Port;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a port number, a range \"min:max\" or a port name")
-            }
-
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Port, E> {
+        crate::serde_util::number_or_string(
+            d,
+            "a port number, a range \"min:max\" or a port name",
+            |n| {
                 u16::try_from(n)
                     .map(Port::Number)
-                    .map_err(|_| E::custom(format!("port {n} is out of range 1-65535")))
-            }
-
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Port, E> {
-                u16::try_from(n)
-                    .map(Port::Number)
-                    .map_err(|_| E::custom(format!("port {n} is out of range 1-65535")))
-            }
-
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Port, E> {
-                s.parse().map_err(E::custom)
-            }
-        }
-
-        d.deserialize_any(PortVisitor)
+                    .map_err(|_| format!("port {n} is out of range 1-65535"))
+            },
+            |s| {
+                s.parse()
+                    .map_err(|e: <Port as std::str::FromStr>::Err| e.to_string())
+            },
+        )
     }
 }
 
@@ -1293,33 +1266,16 @@ impl Serialize for IntOrString {
 
 impl<'de> Deserialize<'de> for IntOrString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<IntOrString, D::Error> {
-        struct IntOrStringVisitor;
-
-        impl Visitor<'_> for IntOrStringVisitor {
-            type Value = IntOrString;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an integer or a string")
-            }
-
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<IntOrString, E> {
+        crate::serde_util::number_or_string(
+            d,
+            "an integer or a string",
+            |n| {
                 i32::try_from(n)
                     .map(IntOrString::Int)
-                    .map_err(|_| E::custom(format!("{n} does not fit in a 32-bit integer")))
-            }
-
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<IntOrString, E> {
-                i32::try_from(n)
-                    .map(IntOrString::Int)
-                    .map_err(|_| E::custom(format!("{n} does not fit in a 32-bit integer")))
-            }
-
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<IntOrString, E> {
-                Ok(IntOrString::String(s.to_owned()))
-            }
-        }
-
-        d.deserialize_any(IntOrStringVisitor)
+                    .map_err(|_| format!("{n} does not fit in a 32-bit integer"))
+            },
+            |s| Ok(IntOrString::String(s.to_owned())),
+        )
     }
 }
 
