@@ -5,6 +5,15 @@ use std::marker::PhantomData;
 
 use serde::de::{self, Deserializer, Visitor};
 
+/// The string form's parser for types that already implement `FromStr`.
+pub(crate) fn parse_str<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| e.to_string())
+}
+
 /// Deserializes a scalar that users write either as a number or as a string (ports,
 /// protocols, AS numbers, Kubernetes int-or-string). Each form goes to its own parser; their
 /// error messages become the field's error.

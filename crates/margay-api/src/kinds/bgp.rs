@@ -80,10 +80,7 @@ impl<'de> Deserialize<'de> for AsNumber {
                 Err(_) if n < 0 => Err(format!("AS number {n} is negative")),
                 Err(_) => Err(format!("AS number {n} is larger than 4294967295")),
             },
-            |s| {
-                s.parse()
-                    .map_err(|e: <AsNumber as std::str::FromStr>::Err| e.to_string())
-            },
+            crate::serde_util::parse_str::<AsNumber>,
         )
     }
 }

@@ -181,10 +181,7 @@ impl<'de> Deserialize<'de> for Protocol {
                 Ok(n) => Protocol::from_number(n).map_err(|e| e.to_string()),
                 Err(_) => Err(format!("protocol number {n} is out of range 1-255")),
             },
-            |s| {
-                s.parse()
-                    .map_err(|e: <Protocol as std::str::FromStr>::Err| e.to_string())
-            },
+            crate::serde_util::parse_str::<Protocol>,
         )
     }
 }
@@ -291,10 +288,7 @@ impl<'de> Deserialize<'de> for Port {
                     .map(Port::Number)
                     .map_err(|_| format!("port {n} is out of range 1-65535"))
             },
-            |s| {
-                s.parse()
-                    .map_err(|e: <Port as std::str::FromStr>::Err| e.to_string())
-            },
+            crate::serde_util::parse_str::<Port>,
         )
     }
 }
