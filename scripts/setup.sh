@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   etcd-server protobuf-compiler nftables iptables ipset iproute2 bird2
   containerd runc containernetworking-plugins iperf3 jq openssl
+  iputils-ping busybox-static
 )
 
 missing=()

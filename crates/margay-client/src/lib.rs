@@ -6,10 +6,11 @@
 
 mod apply;
 
+use std::marker::PhantomData;
 use std::time::SystemTime;
 
 use margay_api::{Kind, Object, Resource};
-use margay_datastore::{Key, KeyValue, Query, SharedDatastore};
+use margay_datastore::{Key, KeyValue, Query, Read, ReadResult, SharedDatastore};
 
 pub use apply::{apply, Applied, ApplyMode, ApplyOutcome};
 
@@ -60,6 +61,27 @@ impl Client {
         let res = self.ds.list(&query(T::KIND, namespace)).await?;
         let items = res.items.iter().map(decode_typed).collect::<Result<_>>()?;
         Ok((items, res.revision))
+    }
+
+    /// The objects of the kind whose names start with `prefix`, and the list's revision.
+    pub async fn list_prefix<T: Object>(
+        &self,
+        namespace: Option<&str>,
+        prefix: &str,
+    ) -> Result<(Vec<T>, i64)> {
+        let res = self
+            .ds
+            .list(&prefix_query(T::KIND, namespace, prefix))
+            .await?;
+        let items = res.items.iter().map(decode_typed).collect::<Result<_>>()?;
+        Ok((items, res.revision))
+    }
+
+    /// Runs a batch of reads in one datastore round trip, at one revision.
+    pub async fn read(&self, reads: &Reads) -> Result<ReadResults> {
+        Ok(ReadResults {
+            results: self.ds.read_many(&reads.reads).await?,
+        })
     }
 
     /// Creates the object; server fields (uid, creation time) are set here.
@@ -139,6 +161,81 @@ fn query(kind: Kind, namespace: Option<&str>) -> Query {
     }
 }
 
+fn prefix_query(kind: Kind, namespace: Option<&str>, prefix: &str) -> Query {
+    Query {
+        name_prefix: Some(prefix.to_owned()),
+        ..query(kind, namespace)
+    }
+}
+
+/// A batch of typed reads for [`Client::read`]; each read returns the [`Slot`] its answer
+/// is taken from.
+#[derive(Debug, Clone, Default)]
+pub struct Reads {
+    reads: Vec<Read>,
+}
+
+/// Where the answer to one read of a [`Reads`] batch is: `Option<T>` for a get, `Vec<T>`
+/// for a list.
+#[derive(Debug)]
+pub struct Slot<T> {
+    index: usize,
+    answer: PhantomData<fn() -> T>,
+}
+
+impl Reads {
+    pub fn new() -> Reads {
+        Reads::default()
+    }
+
+    fn push<T>(&mut self, read: Read) -> Slot<T> {
+        self.reads.push(read);
+        Slot {
+            index: self.reads.len() - 1,
+            answer: PhantomData,
+        }
+    }
+
+    pub fn get<T: Object>(&mut self, namespace: Option<&str>, name: &str) -> Slot<Option<T>> {
+        self.push(Read::Get(key(T::KIND, namespace, name)))
+    }
+
+    pub fn list<T: Object>(&mut self, namespace: Option<&str>) -> Slot<Vec<T>> {
+        self.push(Read::List(query(T::KIND, namespace)))
+    }
+
+    /// The objects whose names start with `prefix`.
+    pub fn list_prefix<T: Object>(
+        &mut self,
+        namespace: Option<&str>,
+        prefix: &str,
+    ) -> Slot<Vec<T>> {
+        self.push(Read::List(prefix_query(T::KIND, namespace, prefix)))
+    }
+}
+
+/// The answers to a [`Reads`] batch.
+#[derive(Debug)]
+pub struct ReadResults {
+    results: Vec<ReadResult>,
+}
+
+impl ReadResults {
+    pub fn get<T: Object>(&self, slot: Slot<Option<T>>) -> Result<Option<T>> {
+        match self.results.get(slot.index) {
+            Some(ReadResult::Get(kv)) => kv.as_ref().map(decode_typed).transpose(),
+            _ => Err(Error::Invalid(format!("read {} is not a get", slot.index))),
+        }
+    }
+
+    pub fn list<T: Object>(&self, slot: Slot<Vec<T>>) -> Result<Vec<T>> {
+        match self.results.get(slot.index) {
+            Some(ReadResult::List(list)) => list.items.iter().map(decode_typed).collect(),
+            _ => Err(Error::Invalid(format!("read {} is not a list", slot.index))),
+        }
+    }
+}
+
 fn key_of(meta: &margay_api::ObjectMeta, kind: Kind) -> Key {
     key(kind, meta.namespace.as_deref(), &meta.name)
 }
@@ -188,4 +285,46 @@ pub(crate) fn decode_resource(kv: &KeyValue) -> Result<Resource> {
     })?;
     res.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use margay_api::{IPPool, Node, ObjectMeta};
+    use margay_datastore::memory::MemoryDatastore;
+
+    use super::*;
+
+    fn node(name: &str) -> Node {
+        Node {
+            metadata: ObjectMeta::named(name),
+            spec: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_reads_answers_each_slot() {
+        let client = Client::new(Arc::new(MemoryDatastore::new()));
+        let pool = IPPool::new("p", "10.0.0.0/16".parse().unwrap());
+        let pool = client.create(&pool).await.unwrap();
+        for name in ["n1", "n10", "m1"] {
+            client.create(&node(name)).await.unwrap();
+        }
+        let mut reads = Reads::new();
+        let one = reads.get::<IPPool>(None, "p");
+        let missing = reads.get::<Node>(None, "n2");
+        let prefixed = reads.list_prefix::<Node>(None, "n1");
+        let pools = reads.list::<IPPool>(None);
+        let got = client.read(&reads).await.unwrap();
+        assert_eq!(got.get(one).unwrap(), Some(pool.clone()));
+        assert_eq!(got.get(missing).unwrap(), None);
+        let names = |nodes: Vec<Node>| -> Vec<String> {
+            nodes.into_iter().map(|n| n.metadata.name).collect()
+        };
+        assert_eq!(names(got.list(prefixed).unwrap()), ["n1", "n10"]);
+        assert_eq!(got.list(pools).unwrap(), vec![pool]);
+        let (listed, _) = client.list_prefix::<Node>(None, "m").await.unwrap();
+        assert_eq!(names(listed), ["m1"]);
+    }
 }

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use crate::{
     validate_key, validate_query, ConnectOptions, Datastore, Error, Event, EventStream, Key,
-    KeyValue, ListResult, Query, Result, CLUSTER_SEGMENT,
+    KeyValue, ListResult, Query, Read, ReadResult, Result, CLUSTER_SEGMENT,
 };
 
 const BACKEND: &str = "etcd";
@@ -100,6 +100,25 @@ fn to_kv(key: Key, kv: &etcd_client::KeyValue) -> KeyValue {
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
     }
+}
+
+/// The items of a prefix read that match `query`, in the trait's key order.
+fn list_items(query: &Query, kvs: &[etcd_client::KeyValue]) -> Vec<KeyValue> {
+    let mut items: Vec<KeyValue> = kvs
+        .iter()
+        .filter_map(|kv| match decode_key(kv.key()) {
+            Some(key) => Some(to_kv(key, kv)),
+            None => {
+                warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring malformed etcd key");
+                None
+            }
+        })
+        .filter(|kv| query.matches(&kv.key))
+        .collect();
+    // etcd orders by raw key bytes, where "a-b/x" sorts before "a/x"; the trait promises
+    // (namespace, name) order.
+    items.sort_by(|a, b| a.key.cmp(&b.key));
+    items
 }
 
 fn header_revision(what: &str, resp: &TxnResponse) -> Result<i64> {
@@ -222,22 +241,46 @@ impl Datastore for EtcdDatastore {
             .header()
             .map(|h| h.revision())
             .ok_or_else(|| backend_error("list: response without header".into()))?;
-        let mut items: Vec<KeyValue> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| match decode_key(kv.key()) {
-                Some(key) => Some(to_kv(key, kv)),
-                None => {
-                    warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring malformed etcd key");
-                    None
-                }
-            })
-            .filter(|kv| query.matches(&kv.key))
-            .collect();
-        // etcd orders by raw key bytes, where "a-b/x" sorts before "a/x"; the trait promises
-        // (namespace, name) order.
-        items.sort_by(|a, b| a.key.cmp(&b.key));
+        let items = list_items(query, resp.kvs());
         Ok(ListResult { items, revision })
+    }
+
+    async fn read_many(&self, reads: &[Read]) -> Result<Vec<ReadResult>> {
+        // One transaction of range reads: one round trip, all at its revision (etcd takes up
+        // to --max-txn-ops, 128 by default, in one transaction).
+        let mut ops = Vec::with_capacity(reads.len());
+        for read in reads {
+            ops.push(match read {
+                Read::Get(key) => {
+                    validate_key(BACKEND, key)?;
+                    TxnOp::get(encode_key(key), None)
+                }
+                Read::List(query) => {
+                    validate_query(BACKEND, query)?;
+                    TxnOp::get(query_prefix(query), Some(GetOptions::new().with_prefix()))
+                }
+            });
+        }
+        let resp = self.txn("read", Txn::new().and_then(ops)).await?;
+        let revision = header_revision("read", &resp)?;
+        let answers = resp.op_responses();
+        if answers.len() != reads.len() {
+            return Err(unexpected("read"));
+        }
+        reads
+            .iter()
+            .zip(answers)
+            .map(|(read, answer)| match (read, answer) {
+                (Read::Get(key), TxnOpResponse::Get(get)) => Ok(ReadResult::Get(
+                    get.kvs().first().map(|kv| to_kv(key.clone(), kv)),
+                )),
+                (Read::List(query), TxnOpResponse::Get(get)) => Ok(ReadResult::List(ListResult {
+                    items: list_items(query, get.kvs()),
+                    revision,
+                })),
+                _ => Err(unexpected("read")),
+            })
+            .collect()
     }
 
     async fn create(&self, key: &Key, value: &[u8]) -> Result<KeyValue> {

@@ -116,6 +116,20 @@ pub struct ListResult {
     pub revision: i64,
 }
 
+/// One read of a [`Datastore::read_many`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    Get(Key),
+    List(Query),
+}
+
+/// The answer to one [`Read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadResult {
+    Get(Option<KeyValue>),
+    List(ListResult),
+}
+
 /// One change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -196,6 +210,20 @@ pub trait Datastore: Send + Sync {
     /// The store's current revision.
     async fn revision(&self) -> Result<i64>;
 
+    /// Several reads in one round trip, answered in order. The backends here read them all
+    /// at one revision (one SQLite read transaction, one etcd transaction, one lock); this
+    /// default, for other implementations, reads them one by one.
+    async fn read_many(&self, reads: &[Read]) -> Result<Vec<ReadResult>> {
+        let mut out = Vec::with_capacity(reads.len());
+        for read in reads {
+            out.push(match read {
+                Read::Get(key) => ReadResult::Get(self.get(key).await?),
+                Read::List(query) => ReadResult::List(self.list(query).await?),
+            });
+        }
+        Ok(out)
+    }
+
     /// A short human description ("sqlite:///var/lib/margay/margay.db").
     fn describe(&self) -> String;
 }
@@ -218,6 +246,11 @@ pub struct ConnectOptions {
     pub etcd_cert: Option<PathBuf>,
     /// Client private key (PEM) for etcd mutual TLS; needs `etcd_cert`.
     pub etcd_key: Option<PathBuf>,
+    /// The caller is a single-purpose process that exits after a few operations (a CLI
+    /// command, a CNI invocation): SQLite then runs statements on the calling thread and
+    /// leaves its write-ahead log for the next process (see [`sqlite::SqliteOptions`]). A
+    /// long-running process (the agent) leaves this off. The other backends ignore it.
+    pub short_lived: bool,
 }
 
 impl ConnectOptions {
@@ -321,7 +354,14 @@ fn parse_endpoint(endpoint: &str) -> std::result::Result<String, String> {
 pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<SharedDatastore> {
     match DatastoreUrl::parse(url)? {
         DatastoreUrl::Sqlite(path) => Ok(Arc::new(
-            sqlite::SqliteDatastore::open(path, sqlite::SqliteOptions::default()).await?,
+            sqlite::SqliteDatastore::open(
+                path,
+                sqlite::SqliteOptions {
+                    short_lived: opts.short_lived,
+                    ..sqlite::SqliteOptions::default()
+                },
+            )
+            .await?,
         )),
         DatastoreUrl::Etcd { endpoints, tls } => Ok(Arc::new(
             etcd::EtcdDatastore::connect(&endpoints, tls, opts).await?,

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::{
     validate_key, validate_query, Datastore, Error, Event, EventStream, Key, KeyValue, ListResult,
-    Query, Result,
+    Query, Read, ReadResult, Result,
 };
 
 const BACKEND: &str = "memory";
@@ -157,6 +157,19 @@ impl MemoryDatastore {
     }
 }
 
+fn list_items(state: &State, query: &Query) -> ListResult {
+    let items = state
+        .items
+        .values()
+        .filter(|kv| query.matches(&kv.key))
+        .cloned()
+        .collect();
+    ListResult {
+        items,
+        revision: state.revision,
+    }
+}
+
 fn compact_to(state: &mut State, revision: i64) {
     if revision <= state.compacted {
         return;
@@ -175,17 +188,24 @@ impl Datastore for MemoryDatastore {
 
     async fn list(&self, query: &Query) -> Result<ListResult> {
         validate_query(BACKEND, query)?;
+        Ok(list_items(&self.shared.lock(), query))
+    }
+
+    async fn read_many(&self, reads: &[Read]) -> Result<Vec<ReadResult>> {
+        for read in reads {
+            match read {
+                Read::Get(key) => validate_key(BACKEND, key)?,
+                Read::List(query) => validate_query(BACKEND, query)?,
+            }
+        }
         let state = self.shared.lock();
-        let items = state
-            .items
-            .values()
-            .filter(|kv| query.matches(&kv.key))
-            .cloned()
-            .collect();
-        Ok(ListResult {
-            items,
-            revision: state.revision,
-        })
+        Ok(reads
+            .iter()
+            .map(|read| match read {
+                Read::Get(key) => ReadResult::Get(state.items.get(key).cloned()),
+                Read::List(query) => ReadResult::List(list_items(&state, query)),
+            })
+            .collect())
     }
 
     async fn create(&self, key: &Key, value: &[u8]) -> Result<KeyValue> {

@@ -14,25 +14,41 @@
 //! Concurrency: WAL mode so readers never block the writer, a busy timeout so writers queue
 //! for the lock instead of failing, and `BEGIN IMMEDIATE` for every write so the
 //! read-check-write of a compare-and-swap holds the write lock throughout.
+//!
+//! Short-lived processes ([`SqliteOptions::short_lived`]: CLI commands, CNI invocations) run
+//! statements on the calling thread and leave the WAL behind when they exit; see the option.
 
+use std::cell::Cell;
+use std::ffi::c_int;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
+use rusqlite::hooks::Wal;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
     validate_key, validate_query, Datastore, Error, Event, EventStream, Key, KeyValue, ListResult,
-    Query, Result,
+    Query, Read, ReadResult, Result,
 };
 
 const BACKEND: &str = "sqlite";
 const SCHEMA_VERSION: i64 = 1;
 /// Rows a watcher reads per poll; it polls again at once when a batch was full.
 const WATCH_BATCH: i64 = 1000;
+/// WAL size (pages) at which a short-lived process's commit checkpoints the WAL (SQLite's
+/// automatic checkpoint, for the others, is at 1000). A process that opens the file when no
+/// other has it open re-reads the whole WAL (about 2 µs a page) and a checkpoint costs
+/// fsyncs whatever the size: an allocation writes about 10 pages, so this checkpoints every
+/// 20 or so and re-reads 100 pages on average.
+const SHORT_LIVED_CHECKPOINT: c_int = 200;
+/// After a checkpoint the WAL file is cut back to this size (it keeps the size of the
+/// largest transaction otherwise, say an apply of many documents).
+const JOURNAL_SIZE_LIMIT: i64 = 4 << 20;
 
 /// Tuning for [`SqliteDatastore::open`].
 #[derive(Debug, Clone)]
@@ -43,6 +59,21 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// How often a watch checks the file for new changes.
     pub poll_interval: Duration,
+    /// For a process that opens the store for a few operations and exits (a CLI command, a
+    /// CNI invocation):
+    /// - Statements run on the calling thread instead of tokio's blocking pool. Such a
+    ///   process has nothing else to schedule while a statement runs (it would wait for the
+    ///   result anyway), so the pool only adds thread start-ups and hand-offs. A
+    ///   long-running process must leave this off: a statement waiting on another process's
+    ///   lock (up to `busy_timeout`) would stall every task on its thread.
+    /// - Closing does not checkpoint. The last connection to close normally copies the WAL
+    ///   into the database and deletes the WAL and shared-memory files, so every CNI
+    ///   invocation on an otherwise idle node paid a checkpoint (fsyncs) and re-created both
+    ///   files (another fsync, of the directory). Instead, the commit that brings the WAL to
+    ///   200 pages checkpoints it and empties the file. Durability is `synchronous=NORMAL`'s
+    ///   either way: a commit survives a crash of the process at once, and an OS crash or
+    ///   power loss once a checkpoint has synced it.
+    pub short_lived: bool,
 }
 
 impl Default for SqliteOptions {
@@ -51,6 +82,7 @@ impl Default for SqliteOptions {
             history_retention: 10_000,
             busy_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(25),
+            short_lived: false,
         }
     }
 }
@@ -86,9 +118,9 @@ impl SqliteDatastore {
     /// Opens (creating it, its parent directory and its schema if needed) the database file.
     pub async fn open(path: impl Into<PathBuf>, opts: SqliteOptions) -> Result<Self> {
         let path = path.into();
-        let conn = {
+        let open = {
             let (path, opts) = (path.clone(), opts.clone());
-            blocking(move || {
+            move || {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| {
                         backend_error(format!("cannot create directory {}: {e}", dir.display()))
@@ -97,8 +129,12 @@ impl SqliteDatastore {
                 let mut conn = open_connection(&path, &opts)?;
                 init_schema(&mut conn)?;
                 Ok(conn)
-            })
-            .await?
+            }
+        };
+        let conn = if opts.short_lived {
+            open()?
+        } else {
+            blocking(open).await?
         };
         debug!(path = %path.display(), "opened sqlite datastore");
         Ok(SqliteDatastore {
@@ -131,19 +167,17 @@ impl SqliteDatastore {
         .await
     }
 
-    /// Runs `f` with the connection on the blocking thread pool.
+    /// Runs `f` with the connection: on the calling thread when short-lived, else on the
+    /// blocking thread pool.
     async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        if self.opts.short_lived {
+            return with_locked(&self.conn, f);
+        }
         let conn = self.conn.clone();
-        blocking(move || {
-            // A panic mid-transaction rolls the transaction back on unwind, so the
-            // connection behind a poisoned lock is still sound.
-            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut conn)
-        })
-        .await
+        blocking(move || with_locked(&conn, f)).await
     }
 
     /// One write transaction: `f` checks and writes given the new revision; the revision
@@ -153,6 +187,7 @@ impl SqliteDatastore {
         f: impl FnOnce(&Transaction<'_>, i64) -> Result<(KeyValue, Change)> + Send + 'static,
     ) -> Result<KeyValue> {
         let retention = self.opts.history_retention.max(1);
+        let (short_lived, busy_timeout) = (self.opts.short_lived, self.opts.busy_timeout);
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -164,7 +199,8 @@ impl SqliteDatastore {
                 Change::Put => ("put", Some(kv.value.as_slice()), Some(kv.create_revision)),
                 Change::Delete => ("delete", None, None),
             };
-            tx.execute(
+            execute(
+                &tx,
                 "INSERT INTO changes (rev, kind, namespace, name, op, value, create_rev)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
@@ -176,15 +212,16 @@ impl SqliteDatastore {
                     value,
                     create_rev
                 ],
-            )
-            .db()?;
-            tx.execute("UPDATE meta SET revision = ?1", [revision])
-                .db()?;
+            )?;
+            execute(&tx, "UPDATE meta SET revision = ?1", [revision])?;
             // Trim in batches (every retention/8 revisions) rather than on every write.
             if revision - compacted >= retention + (retention / 8).max(1) {
                 compact_to(&tx, revision - retention + 1)?;
             }
             tx.commit().db()?;
+            if short_lived && WAL_PAGES.take() >= SHORT_LIVED_CHECKPOINT {
+                checkpoint_and_truncate(conn, busy_timeout);
+            }
             Ok(kv)
         })
         .await
@@ -200,6 +237,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| backend_error(format!("database task failed: {e}")))?
+}
+
+fn with_locked<T>(
+    conn: &Mutex<Connection>,
+    f: impl FnOnce(&mut Connection) -> Result<T>,
+) -> Result<T> {
+    // A panic mid-transaction rolls the transaction back on unwind, so the connection
+    // behind a poisoned lock is still sound.
+    let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    f(&mut conn)
+}
+
+/// Runs one statement through the connection's statement cache: a process repeats the same
+/// few statements, and parsing is much of what a small statement costs.
+fn execute(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+    conn.prepare_cached(sql).db()?.execute(params).db()
 }
 
 fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
@@ -219,7 +272,51 @@ fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
     // the last commits, and fsync on every CNI write would cost more than it is worth.
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(context)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
+        .map_err(context)?;
+    if opts.short_lived {
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(context)?;
+        // Replaces SQLite's automatic checkpoint (see `checkpoint_and_truncate`).
+        conn.wal_hook(Some(note_wal_pages));
+    }
     Ok(conn)
+}
+
+thread_local! {
+    /// WAL size (pages) after the last commit on this thread of a short-lived connection.
+    static WAL_PAGES: Cell<c_int> = const { Cell::new(0) };
+}
+
+fn note_wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
+}
+
+/// The automatic checkpoint of short-lived connections, once the WAL reaches
+/// [`SHORT_LIVED_CHECKPOINT`] pages. SQLite's own (PASSIVE) checkpoint leaves the WAL for the
+/// next writer to start over, which it learns from shared memory; but a process that opens
+/// the file when no other has it open rebuilds shared memory from the WAL, forgetting the
+/// checkpoint, and one that writes once never starts over: the WAL would only grow. TRUNCATE
+/// empties the file, which every later process sees. It does not wait: with other
+/// connections reading or writing it copies what it can, like PASSIVE, and leaves the WAL to
+/// SQLite's restart, which their shared memory then keeps working; the next commit tries
+/// again. Waiting would hold up every writer on the node.
+fn checkpoint_and_truncate(conn: &Connection, busy_timeout: Duration) {
+    let result = conn.busy_timeout(Duration::ZERO).and_then(|()| {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        })
+    });
+    // The commit has happened: nothing here may turn it into an error.
+    match result {
+        Ok(0) => debug!("sqlite WAL checkpointed and emptied"),
+        Ok(_) => debug!("sqlite WAL checkpoint deferred: other connections are busy"),
+        Err(e) => debug!(error = %e, "sqlite WAL checkpoint failed"),
+    }
+    if let Err(e) = conn.busy_timeout(busy_timeout) {
+        warn!(error = %e, "cannot restore the sqlite busy timeout");
+    }
 }
 
 fn init_schema(conn: &mut Connection) -> Result<()> {
@@ -273,10 +370,10 @@ fn init_schema(conn: &mut Connection) -> Result<()> {
 }
 
 fn read_meta(conn: &Connection) -> Result<(i64, i64)> {
-    conn.query_row("SELECT revision, compacted FROM meta", [], |row| {
-        Ok((row.get(0)?, row.get(1)?))
-    })
-    .db()
+    conn.prepare_cached("SELECT revision, compacted FROM meta")
+        .db()?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .db()
 }
 
 fn compact_to(tx: &Transaction<'_>, revision: i64) -> Result<()> {
@@ -284,20 +381,20 @@ fn compact_to(tx: &Transaction<'_>, revision: i64) -> Result<()> {
     if revision <= compacted {
         return Ok(());
     }
-    let trimmed = tx
-        .execute("DELETE FROM changes WHERE rev < ?1", [revision])
-        .db()?;
-    tx.execute("UPDATE meta SET compacted = ?1", [revision])
-        .db()?;
+    let trimmed = execute(tx, "DELETE FROM changes WHERE rev < ?1", [revision])?;
+    execute(tx, "UPDATE meta SET compacted = ?1", [revision])?;
     debug!(revision, trimmed, "compacted sqlite change history");
     Ok(())
 }
 
 /// Current value and revisions of `key`, if any.
 fn read_key(conn: &Connection, key: &Key) -> Result<Option<KeyValue>> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT value, create_rev, mod_rev FROM kv
          WHERE kind = ?1 AND ifnull(namespace, '') = ?2 AND name = ?3",
+    )
+    .db()?
+    .query_row(
         params![key.kind, key.namespace.as_deref().unwrap_or(""), key.name],
         |row| {
             Ok(KeyValue {
@@ -310,6 +407,37 @@ fn read_key(conn: &Connection, key: &Key) -> Result<Option<KeyValue>> {
     )
     .optional()
     .db()
+}
+
+/// The current values matching `query`, in key order.
+fn read_list(conn: &Connection, query: &Query) -> Result<Vec<KeyValue>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT namespace, name, value, create_rev, mod_rev FROM kv
+             WHERE kind = ?1
+               AND (?2 IS NULL OR ifnull(namespace, '') = ?2)
+               AND (?3 IS NULL OR substr(name, 1, length(?3)) = ?3)
+             ORDER BY ifnull(namespace, ''), name",
+        )
+        .db()?;
+    let rows = stmt
+        .query_map(
+            params![query.kind, query.namespace, query.name_prefix],
+            |row| {
+                Ok(KeyValue {
+                    key: Key {
+                        kind: query.kind.clone(),
+                        namespace: row.get(0)?,
+                        name: row.get(1)?,
+                    },
+                    value: row.get(2)?,
+                    create_revision: row.get(3)?,
+                    mod_revision: row.get(4)?,
+                })
+            },
+        )
+        .db()?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().db()
 }
 
 #[async_trait]
@@ -327,35 +455,31 @@ impl Datastore for SqliteDatastore {
             // One read transaction: the items and the revision come from the same snapshot.
             let tx = conn.transaction().db()?;
             let (revision, _) = read_meta(&tx)?;
-            let mut stmt = tx
-                .prepare(
-                    "SELECT namespace, name, value, create_rev, mod_rev FROM kv
-                     WHERE kind = ?1
-                       AND (?2 IS NULL OR ifnull(namespace, '') = ?2)
-                       AND (?3 IS NULL OR substr(name, 1, length(?3)) = ?3)
-                     ORDER BY ifnull(namespace, ''), name",
-                )
-                .db()?;
-            let items = stmt
-                .query_map(
-                    params![query.kind, query.namespace, query.name_prefix],
-                    |row| {
-                        Ok(KeyValue {
-                            key: Key {
-                                kind: query.kind.clone(),
-                                namespace: row.get(0)?,
-                                name: row.get(1)?,
-                            },
-                            value: row.get(2)?,
-                            create_revision: row.get(3)?,
-                            mod_revision: row.get(4)?,
-                        })
-                    },
-                )
-                .db()?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .db()?;
+            let items = read_list(&tx, &query)?;
             Ok(ListResult { items, revision })
+        })
+        .await
+    }
+
+    async fn read_many(&self, reads: &[Read]) -> Result<Vec<ReadResult>> {
+        for read in reads {
+            match read {
+                Read::Get(key) => validate_key(BACKEND, key)?,
+                Read::List(query) => validate_query(BACKEND, query)?,
+            }
+        }
+        let reads = reads.to_vec();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().db()?;
+            let (revision, _) = read_meta(&tx)?;
+            reads
+                .iter()
+                .map(|read| match read {
+                    Read::Get(key) => read_key(&tx, key).map(ReadResult::Get),
+                    Read::List(query) => read_list(&tx, query)
+                        .map(|items| ReadResult::List(ListResult { items, revision })),
+                })
+                .collect()
         })
         .await
     }
@@ -367,12 +491,12 @@ impl Datastore for SqliteDatastore {
             if read_key(tx, &key)?.is_some() {
                 return Err(Error::AlreadyExists(key));
             }
-            tx.execute(
+            execute(
+                tx,
                 "INSERT INTO kv (kind, namespace, name, value, create_rev, mod_rev)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
                 params![key.kind, key.namespace, key.name, value, revision],
-            )
-            .db()?;
+            )?;
             let kv = KeyValue {
                 key,
                 value,
@@ -396,7 +520,8 @@ impl Datastore for SqliteDatastore {
                     actual: current.mod_revision,
                 });
             }
-            tx.execute(
+            execute(
+                tx,
                 "UPDATE kv SET value = ?4, mod_rev = ?5
                  WHERE kind = ?1 AND ifnull(namespace, '') = ?2 AND name = ?3",
                 params![
@@ -406,8 +531,7 @@ impl Datastore for SqliteDatastore {
                     value,
                     revision
                 ],
-            )
-            .db()?;
+            )?;
             let kv = KeyValue {
                 key,
                 value,
@@ -433,11 +557,11 @@ impl Datastore for SqliteDatastore {
                     });
                 }
             }
-            tx.execute(
+            execute(
+                tx,
                 "DELETE FROM kv WHERE kind = ?1 AND ifnull(namespace, '') = ?2 AND name = ?3",
                 params![key.kind, key.namespace.as_deref().unwrap_or(""), key.name],
-            )
-            .db()?;
+            )?;
             Ok((current, Change::Delete))
         })
         .await
@@ -530,7 +654,7 @@ impl Poller {
         let (revision, compacted) = read_meta(&tx)?;
         check_compacted(self.last, compacted)?;
         let mut stmt = tx
-            .prepare(
+            .prepare_cached(
                 "SELECT rev, namespace, name, op, value, create_rev FROM changes
                  WHERE rev > ?1 AND rev <= ?2 AND kind = ?3 ORDER BY rev LIMIT ?4",
             )
@@ -602,4 +726,95 @@ struct ChangeRow {
     op: String,
     value: Option<Vec<u8>>,
     create_rev: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn short_lived() -> SqliteOptions {
+        SqliteOptions {
+            short_lived: true,
+            ..SqliteOptions::default()
+        }
+    }
+
+    fn wal_len(db: &Path) -> u64 {
+        std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len())
+    }
+
+    /// Short-lived stores open, write once and close, as CNI invocations do: the WAL they
+    /// leave is read by the next one, and writers' checkpoints keep it bounded.
+    #[tokio::test]
+    async fn short_lived_stores_leave_a_bounded_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let key = Key::cluster("Node", "n");
+        let first = SqliteDatastore::open(&path, short_lived()).await.unwrap();
+        first.create(&key, b"0").await.unwrap();
+        drop(first);
+        assert!(wal_len(&path) > 0, "closing checkpointed the WAL away");
+
+        // A write touches a few pages; enough writes to fill the WAL three times over.
+        let writes = 3 * SHORT_LIVED_CHECKPOINT / 2;
+        let mut largest = 0;
+        for i in 1..=writes {
+            let ds = SqliteDatastore::open(&path, short_lived()).await.unwrap();
+            let kv = ds.get(&key).await.unwrap().unwrap();
+            assert_eq!(kv.value, (i - 1).to_string().as_bytes());
+            ds.update(&key, i.to_string().as_bytes(), kv.mod_revision)
+                .await
+                .unwrap();
+            drop(ds);
+            largest = largest.max(wal_len(&path));
+        }
+        // A checkpoint happened (else the WAL would hold every write) and the WAL never grew
+        // past the checkpoint threshold plus one write.
+        let frame = 4096 + 24;
+        let bound = (SHORT_LIVED_CHECKPOINT + 16) as u64 * frame;
+        assert!(
+            largest <= bound,
+            "WAL reached {largest} bytes (bound {bound})"
+        );
+
+        let agent = SqliteDatastore::open(&path, SqliteOptions::default())
+            .await
+            .unwrap();
+        let kv = agent.get(&key).await.unwrap().unwrap();
+        assert_eq!(kv.value, writes.to_string().as_bytes());
+        assert_eq!(agent.revision().await.unwrap(), i64::from(writes) + 1);
+    }
+
+    /// A reader that pins the WAL defers the checkpoint without failing or delaying writes;
+    /// the first commit after it is gone empties the WAL.
+    #[tokio::test]
+    async fn a_busy_checkpoint_neither_fails_nor_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let ds = SqliteDatastore::open(&path, short_lived()).await.unwrap();
+        let key = Key::cluster("Node", "n");
+        let mut kv = ds.create(&key, b"0").await.unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN; SELECT * FROM kv;").unwrap();
+
+        let started = std::time::Instant::now();
+        let mut i = 0;
+        while wal_len(&path) <= (SHORT_LIVED_CHECKPOINT as u64 + 50) * 4120 {
+            i += 1;
+            kv = ds
+                .update(&key, i.to_string().as_bytes(), kv.mod_revision)
+                .await
+                .unwrap();
+        }
+        // Far below the busy timeout (10 s) that a waiting checkpoint would have used.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+
+        reader.execute_batch("COMMIT").unwrap();
+        ds.update(&key, b"last", kv.mod_revision).await.unwrap();
+        assert_eq!(wal_len(&path), 0);
+    }
 }

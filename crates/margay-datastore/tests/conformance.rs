@@ -15,7 +15,7 @@ use margay_datastore::testing::{temp_sqlite_url, EtcdServer, ServerTls};
 use margay_datastore::watcher::{watch_with_relist, WatchUpdate};
 use margay_datastore::{
     connect, ConnectOptions, Datastore, Error, Event, EventStream, Key, KeyValue, ListResult,
-    Query, Result, SharedDatastore,
+    Query, Read, ReadResult, Result, SharedDatastore,
 };
 use tempfile::TempDir;
 
@@ -577,6 +577,48 @@ async fn invalid_keys_are_rejected(h: &Harness) {
     assert_eq!(ds.revision().await.unwrap(), before);
 }
 
+async fn read_many_answers_in_order_at_one_revision(h: &Harness) {
+    let ds = &h.ds;
+    let a = ds.create(&pod("default", "a"), b"a").await.unwrap();
+    ds.create(&pod("default", "b"), b"b").await.unwrap();
+    ds.create(&pod("other", "a"), b"c").await.unwrap();
+    let node = ds.create(&Key::cluster("Node", "n1"), b"n").await.unwrap();
+    let in_default = Query {
+        namespace: Some("default".into()),
+        ..Query::kind("Pod")
+    };
+    let prefixed = Query {
+        name_prefix: Some("n".into()),
+        ..Query::kind("Node")
+    };
+    let reads = [
+        Read::Get(a.key.clone()),
+        Read::List(in_default.clone()),
+        Read::Get(pod("default", "missing")),
+        Read::List(prefixed.clone()),
+    ];
+    let got = ds.read_many(&reads).await.unwrap();
+    let revision = ds.revision().await.unwrap();
+    assert_eq!(
+        got,
+        vec![
+            ReadResult::Get(Some(a)),
+            ReadResult::List(ds.list(&in_default).await.unwrap()),
+            ReadResult::Get(None),
+            ReadResult::List(ListResult {
+                items: vec![node],
+                revision
+            }),
+        ]
+    );
+    assert!(ds.read_many(&[]).await.unwrap().is_empty());
+    let invalid = [
+        Read::Get(pod("default", "a")),
+        Read::List(Query::kind("a/b")),
+    ];
+    assert!(ds.read_many(&invalid).await.is_err());
+}
+
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
         mod $backend {
@@ -604,6 +646,7 @@ macro_rules! conformance_suite {
                 watch_from_compacted_revision_fails,
                 watch_with_relist_recovers_from_compaction,
                 invalid_keys_are_rejected,
+                read_many_answers_in_order_at_one_revision,
             );
         )*
     };
@@ -839,6 +882,7 @@ async fn etcd_over_mutual_tls() {
         etcd_ca: Some(file("ca.pem")),
         etcd_cert: Some(file("client.pem")),
         etcd_key: Some(file("client.key")),
+        ..ConnectOptions::default()
     };
     let ds = connect(&server.url(), &opts).await.unwrap();
     let mut stream = ds.watch(&Query::kind("Node"), 0).await.unwrap();
@@ -874,6 +918,7 @@ async fn etcd_over_mutual_tls() {
 
 const CHILD_URL_ENV: &str = "MARGAY_CAS_CHILD_URL";
 const CHILD_INCREMENTS_ENV: &str = "MARGAY_CAS_CHILD_INCREMENTS";
+const CHILD_SHORT_LIVED_ENV: &str = "MARGAY_CAS_CHILD_SHORT_LIVED";
 const PROCESSES: usize = 8;
 const INCREMENTS: u64 = 200;
 
@@ -891,7 +936,12 @@ async fn cas_child() {
         .unwrap()
         .parse()
         .unwrap();
-    let ds = connect(&url, &ConnectOptions::default()).await.unwrap();
+    // Half the children run as CLI/CNI processes do, half as the agent does.
+    let opts = ConnectOptions {
+        short_lived: std::env::var_os(CHILD_SHORT_LIVED_ENV).is_some(),
+        ..ConnectOptions::default()
+    };
+    let ds = connect(&url, &opts).await.unwrap();
     let key = counter_key();
     let mut conflicts = 0;
     for _ in 0..increments {
@@ -921,14 +971,18 @@ async fn run_cas_processes(url: &str) {
         .unwrap();
     let exe = std::env::current_exe().unwrap();
     let started = Instant::now();
-    let children = (0..PROCESSES).map(|_| {
-        tokio::process::Command::new(&exe)
+    let children = (0..PROCESSES).map(|i| {
+        let mut child = tokio::process::Command::new(&exe);
+        child
             .args(["--exact", "cas_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_URL_ENV, url)
             .env(CHILD_INCREMENTS_ENV, INCREMENTS.to_string())
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
+            .kill_on_drop(true);
+        if i % 2 == 0 {
+            child.env(CHILD_SHORT_LIVED_ENV, "1");
+        }
+        child.output()
     });
     for output in futures::future::join_all(children).await {
         let output = output.unwrap();

@@ -11,13 +11,13 @@ use margay_api::{
     BlockAffinitySpec, IPAMBlock, IPAMConfig, IPAMConfigSpec, IPAMHandle, IPPool, IPReservation,
     Node, ObjectMeta, IPAM_CONFIG_NAME,
 };
-use margay_client::Client;
+use margay_client::{Client, Reads};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::block;
 use crate::error::{Error, Result};
-use crate::handles;
+use crate::handles::{self, HandleView};
 use crate::pools::{
     block_count, block_for_ip, candidate_pools, fully_reserved, node_seed, nth_block,
     reservation_of,
@@ -103,12 +103,16 @@ pub struct ReleaseRequest {
     pub sequence: Option<u64>,
 }
 
-/// What IPAM reads once per request.
+/// What IPAM reads once per request, in one datastore round trip.
 struct Snapshot {
     config: IPAMConfigSpec,
     pools: Vec<IPPool>,
     reservations: Vec<IPReservation>,
     node_labels: BTreeMap<String, String>,
+    /// The node's block affinities as of the snapshot (re-read after a claim).
+    affinities: Vec<BlockAffinity>,
+    /// The request's handle as of the snapshot.
+    handle: HandleView,
 }
 
 /// The IPAM engine over a datastore client.
@@ -180,22 +184,35 @@ impl Ipam {
         .await
     }
 
-    async fn snapshot(&self, node: &str) -> Result<Snapshot> {
-        let config = self.config().await?;
-        let (pools, _) = self.client.list::<IPPool>(None).await?;
-        let (reservations, _) = self.client.list::<IPReservation>(None).await?;
-        let node_labels = self
-            .client
-            .get::<Node>(None, node)
-            .await?
-            .map(|n| n.metadata.labels)
-            .unwrap_or_default();
+    async fn snapshot(&self, node: &str, handle: &str) -> Result<Snapshot> {
+        let mut reads = Reads::new();
+        let config = reads.get::<IPAMConfig>(None, IPAM_CONFIG_NAME);
+        let pools = reads.list::<IPPool>(None);
+        let reservations = reads.list::<IPReservation>(None);
+        let node_obj = reads.get::<Node>(None, node);
+        let affinities = reads.list_prefix::<BlockAffinity>(None, &affinity_prefix(node));
+        let handle_obj = reads.get::<IPAMHandle>(None, handle);
+        let got = self.client.read(&reads).await?;
         Ok(Snapshot {
-            config,
-            pools,
-            reservations,
-            node_labels,
+            config: got.get(config)?.map(|c| c.spec).unwrap_or_default(),
+            pools: got.list(pools)?,
+            reservations: got.list(reservations)?,
+            node_labels: got
+                .get(node_obj)?
+                .map(|n| n.metadata.labels)
+                .unwrap_or_default(),
+            affinities: got.list(affinities)?,
+            handle: HandleView::seen(got.get(handle_obj)?),
         })
+    }
+
+    /// The node's block affinities (names start with the node's; `spec.node` decides).
+    async fn node_affinities(&self, node: &str) -> Result<Vec<BlockAffinity>> {
+        let (affinities, _) = self
+            .client
+            .list_prefix::<BlockAffinity>(None, &affinity_prefix(node))
+            .await?;
+        Ok(affinities)
     }
 
     fn attribute(
@@ -220,7 +237,7 @@ impl Ipam {
         if args.handle.is_empty() || args.node.is_empty() {
             return Err(Error::Invalid("a handle and a node are required".into()));
         }
-        let snap = self.snapshot(&args.node).await?;
+        let snap = self.snapshot(&args.node, &args.handle).await?;
         let attr = Self::attribute(&args.handle, &args.node, &args.attrs);
         let v4 = self
             .assign_family(&snap, args, &attr, Family::V4, args.num_v4)
@@ -320,12 +337,23 @@ impl Ipam {
         let excluded = |ip: IpAddr| reservation_of(&snap.reservations, ip).is_some();
         let max_blocks = snap.config.effective_max_blocks_per_host();
         let mut affine_count;
+        let mut fresh_affinities = None;
+        // Blocks this call has taken from: each is tried once.
+        let mut tried = HashSet::new();
         loop {
-            let affine = self.affine_blocks(&args.node, pools).await?;
+            let affinities = fresh_affinities.as_ref().unwrap_or(&snap.affinities);
+            let affine = affine_blocks(&args.node, pools, affinities);
             affine_count = affine.len();
-            for cidr in &affine {
+            for cidr in affine.iter().filter(|c| tried.insert(**c)) {
                 let ips = self
-                    .assign_from_block(cidr, count - got.len(), attr, &args.handle, &excluded)
+                    .assign_from_block(
+                        cidr,
+                        count - got.len(),
+                        attr,
+                        &args.handle,
+                        &snap.handle,
+                        &excluded,
+                    )
                     .await?;
                 got.extend(ips);
                 if got.len() == count {
@@ -333,14 +361,31 @@ impl Ipam {
                 }
             }
             let may_claim = snap.config.auto_allocate_blocks && (affine.len() as u32) < max_blocks;
-            if !may_claim
-                || self
-                    .claim_free_block(&args.node, pools, &snap.reservations)
-                    .await?
-                    .is_none()
-            {
+            if !may_claim {
                 break;
             }
+            let Some(cidr) = self
+                .claim_free_block(&args.node, pools, &snap.reservations, &tried)
+                .await?
+            else {
+                break;
+            };
+            tried.insert(cidr);
+            let ips = self
+                .assign_from_block(
+                    &cidr,
+                    count - got.len(),
+                    attr,
+                    &args.handle,
+                    &snap.handle,
+                    &excluded,
+                )
+                .await?;
+            got.extend(ips);
+            if got.len() == count {
+                return Ok(());
+            }
+            fresh_affinities = Some(self.node_affinities(&args.node).await?);
         }
         if snap.config.strict_affinity {
             return Err(Error::StrictAffinity {
@@ -352,7 +397,14 @@ impl Ipam {
         }
         for cidr in self.borrowable_blocks(&args.node, pools).await? {
             let ips = self
-                .assign_from_block(&cidr, count - got.len(), attr, &args.handle, &excluded)
+                .assign_from_block(
+                    &cidr,
+                    count - got.len(),
+                    attr,
+                    &args.handle,
+                    &snap.handle,
+                    &excluded,
+                )
                 .await?;
             got.extend(ips);
             if got.len() == count {
@@ -368,25 +420,6 @@ impl Ipam {
                 .collect::<Vec<_>>()
                 .join(", "),
         })
-    }
-
-    /// The node's confirmed blocks inside `pools`, in pool then address order.
-    async fn affine_blocks(&self, node: &str, pools: &[&IPPool]) -> Result<Vec<IpNet>> {
-        let (affinities, _) = self.client.list::<BlockAffinity>(None).await?;
-        let mut out: Vec<(usize, IpNet)> = affinities
-            .into_iter()
-            .filter(|a| {
-                a.spec.node == node && a.spec.state == AffinityState::Confirmed && !a.spec.deleted
-            })
-            .filter_map(|a| {
-                let pos = pools
-                    .iter()
-                    .position(|p| p.spec.cidr.contains(&a.spec.cidr))?;
-                Some((pos, a.spec.cidr))
-            })
-            .collect();
-        out.sort();
-        Ok(out.into_iter().map(|(_, c)| c).collect())
     }
 
     /// Blocks of `pools` affine to other nodes (or none) that have free addresses, in an
@@ -413,6 +446,7 @@ impl Ipam {
         n: usize,
         attr: &AllocationAttribute,
         handle: &str,
+        view: &HandleView,
         excluded: &(dyn Fn(IpAddr) -> bool + Sync),
     ) -> Result<Vec<IpAddr>> {
         let name = cidr_to_name(cidr);
@@ -428,7 +462,7 @@ impl Ipam {
             if ips.is_empty() {
                 return Ok(ips);
             }
-            self.write_allocation(&blk, handle, &block_key, ips.len() as u32)
+            self.write_allocation(&blk, handle, view, &block_key, ips.len() as u32)
                 .await?;
             Ok(ips)
         })
@@ -442,25 +476,44 @@ impl Ipam {
         &self,
         blk: &IPAMBlock,
         handle: &str,
+        view: &HandleView,
         block_key: &str,
         n: u32,
     ) -> Result<()> {
-        handles::increment(&self.client, handle, block_key, n).await?;
+        handles::increment(&self.client, handle, block_key, n, view).await?;
         if let Err(e) = self.client.update(blk).await {
-            handles::decrement(&self.client, handle, block_key, n).await?;
+            handles::decrement(&self.client, handle, block_key, n, view).await?;
             return Err(e.into());
         }
         Ok(())
     }
 
-    /// Claims an unclaimed block of `pools` for the node; `None` when every block is taken.
+    /// Another block of `pools` for the node: one of its own with free addresses that is not
+    /// in `tried`, else a newly claimed one; `None` when every block is taken.
     async fn claim_free_block(
         &self,
         node: &str,
         pools: &[&IPPool],
         reservations: &[IPReservation],
+        tried: &HashSet<IpNet>,
     ) -> Result<Option<IpNet>> {
         let (blocks, _) = self.client.list::<IPAMBlock>(None).await?;
+        // Another process of the node may have claimed a block since this one read its
+        // affinities: taking from that block, rather than claiming one more, keeps pods
+        // started at once from claiming a block each.
+        let mine = format!("host:{node}");
+        let own = pools.iter().find_map(|p| {
+            blocks.iter().find(|b| {
+                p.spec.cidr.contains(&b.spec.cidr)
+                    && b.spec.affinity.as_deref() == Some(mine.as_str())
+                    && !b.spec.deleted
+                    && !b.spec.unallocated.is_empty()
+                    && !tried.contains(&b.spec.cidr)
+            })
+        });
+        if let Some(b) = own {
+            return Ok(Some(b.spec.cidr));
+        }
         let taken: HashSet<IpNet> = blocks.into_iter().map(|b| b.spec.cidr).collect();
         let seed = node_seed(node) as u128;
         for pool in pools {
@@ -542,6 +595,30 @@ impl Ipam {
     }
 }
 
+/// Name prefix of the node's `BlockAffinity`s (`<node>-<block>`). Other nodes' names can
+/// share it (`node` and `node-1`), so callers still check `spec.node`.
+fn affinity_prefix(node: &str) -> String {
+    format!("{node}-")
+}
+
+/// The node's confirmed blocks inside `pools`, in pool then address order.
+fn affine_blocks(node: &str, pools: &[&IPPool], affinities: &[BlockAffinity]) -> Vec<IpNet> {
+    let mut out: Vec<(usize, IpNet)> = affinities
+        .iter()
+        .filter(|a| {
+            a.spec.node == node && a.spec.state == AffinityState::Confirmed && !a.spec.deleted
+        })
+        .filter_map(|a| {
+            let pos = pools
+                .iter()
+                .position(|p| p.spec.cidr.contains(&a.spec.cidr))?;
+            Some((pos, a.spec.cidr))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, c)| c).collect()
+}
+
 /// Who holds an address (`ipam show --ip`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Holder {
@@ -562,7 +639,7 @@ impl Ipam {
         node: &str,
         attrs: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let snap = self.snapshot(node).await?;
+        let snap = self.snapshot(node, handle).await?;
         let pool = snap
             .pools
             .iter()
@@ -615,7 +692,8 @@ impl Ipam {
                     .unwrap_or_else(|| "unknown".into());
                 return Err(Error::InUse { ip, holder });
             }
-            self.write_allocation(&blk, handle, &block_key, 1).await
+            self.write_allocation(&blk, handle, &snap.handle, &block_key, 1)
+                .await
         })
         .await
     }
@@ -696,7 +774,8 @@ impl Ipam {
         let block_key = cidr.to_string();
         for (handle, n) in freed {
             if !handle.is_empty() {
-                handles::decrement(&self.client, &handle, &block_key, n).await?;
+                handles::decrement(&self.client, &handle, &block_key, n, &HandleView::default())
+                    .await?;
             }
         }
         Ok(missing)
@@ -729,8 +808,12 @@ impl Ipam {
         let Some(h) = self.client.get::<IPAMHandle>(None, handle).await? else {
             return Ok(Vec::new());
         };
+        let blocks: Vec<String> = h.spec.block.keys().cloned().collect();
+        // Releasing addresses does not write the handle, so it is deleted at the revision
+        // read here unless someone changed it meanwhile (then the retry reads it again).
+        let view = HandleView::seen(Some(h));
         let mut released = Vec::new();
-        for cidr in h.spec.block.keys() {
+        for cidr in &blocks {
             let Ok(cidr) = cidr.parse::<IpNet>() else {
                 continue;
             };
@@ -753,7 +836,7 @@ impl Ipam {
             released.extend(ips);
         }
         with_retry(|| async {
-            match self.client.get::<IPAMHandle>(None, handle).await? {
+            match view.current(&self.client, handle).await? {
                 Some(h) => {
                     self.client
                         .delete::<IPAMHandle>(None, handle, h.metadata.revision())

@@ -52,6 +52,8 @@ enum Command {
     /// IP address management: show, assign, release, check, configure, gc.
     #[command(subcommand)]
     Ipam(IpamCommand),
+    /// Install the CNI plugin (`margay`, `margay-ipam`) and write 10-margay.conflist.
+    InstallCni(InstallCniArgs),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -198,7 +200,45 @@ impl From<Output> for OutputFormat {
     }
 }
 
+#[derive(clap::Args)]
+struct InstallCniArgs {
+    /// Where the runtime looks for plugin binaries.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    /// Where the runtime looks for network configs.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// Pod MTU; 0 or absent means the agent's `<state-dir>/mtu`, else 1500.
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Node name for the plugin (default: `<state-dir>/nodename`, else the host name).
+    #[arg(long)]
+    nodename: Option<String>,
+    /// State directory shared with the agent (default /var/lib/margay).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Also log to this file.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+/// Which program this process is: the CLI, or a CNI plugin run by a container runtime.
+fn plugin_mode() -> Option<margay_cni::Mode> {
+    let argv0 = std::env::args_os().next()?;
+    let name = std::path::Path::new(&argv0).file_name()?.to_owned();
+    if name == margay_cni::config::IPAM_TYPE {
+        Some(margay_cni::Mode::Ipam)
+    } else if std::env::var_os("CNI_COMMAND").is_some() {
+        Some(margay_cni::Mode::Main)
+    } else {
+        None
+    }
+}
+
 fn main() -> ExitCode {
+    if let Some(mode) = plugin_mode() {
+        return ExitCode::from(u8::try_from(margay_cni::main(mode)).unwrap_or(1));
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -226,6 +266,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        Command::InstallCni(args) => {
+            let source = std::env::current_exe().context("finding the running binary")?;
+            let installed = margay_cni::install::install(&margay_cni::install::InstallOptions {
+                bin_dir: args.bin_dir.clone(),
+                conf_dir: args.conf_dir.clone(),
+                source,
+                // The plugin's own default is the same URL; write it only when it differs.
+                datastore: (cli.datastore != DEFAULT_URL).then(|| cli.datastore.clone()),
+                mtu: args.mtu,
+                nodename: args.nodename.clone(),
+                state_dir: args.state_dir.clone(),
+                log_file: args.log_file.clone(),
+            })?;
+            for path in installed.binaries.iter().chain([&installed.conflist]) {
+                println!("installed {}", path.display());
+            }
+            return Ok(());
+        }
         Command::Completion { shell } => {
             clap_complete::generate(
                 *shell,
@@ -249,6 +307,8 @@ async fn run_with_datastore(cli: Cli) -> anyhow::Result<()> {
         etcd_ca: cli.etcd_ca,
         etcd_cert: cli.etcd_cert,
         etcd_key: cli.etcd_key,
+        // Every command is one job in its own process (see `ConnectOptions::short_lived`).
+        short_lived: true,
     };
     let ds = margay_datastore::connect(&cli.datastore, &opts).await?;
     let client = Client::new(ds);
@@ -283,7 +343,9 @@ async fn run_with_datastore(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ipam(cmd) => ipam(&client, cmd).await,
-        Command::Version | Command::Completion { .. } => unreachable!("handled before connecting"),
+        Command::Version | Command::InstallCni(_) | Command::Completion { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 
