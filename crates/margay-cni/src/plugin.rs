@@ -41,7 +41,7 @@ pub struct Host<D, E> {
     pub hostname: String,
 }
 
-pub async fn run<D: Dataplane, E: Exec>(
+pub async fn run<D: Dataplane, E: Exec + Send>(
     mode: Mode,
     inv: &Invocation,
     loaded: &Loaded,
@@ -116,11 +116,11 @@ fn mtu(conf: &NetConf) -> u32 {
         .unwrap_or(DEFAULT_MTU)
 }
 
-async fn connect<D, E>(conf: &NetConf, host: &Host<D, E>) -> Result<Client> {
+async fn connect(conf: &NetConf, datastore_env: Option<&str>) -> Result<Client> {
     let url = conf
         .datastore
         .clone()
-        .or_else(|| host.datastore_env.clone())
+        .or_else(|| datastore_env.map(str::to_owned))
         .unwrap_or_else(|| margay_datastore::DEFAULT_URL.to_owned());
     let opts = ConnectOptions {
         etcd_ca: conf.etcd_ca_cert_file.clone(),
@@ -215,19 +215,18 @@ async fn allocate_addresses<D, E: Exec>(
     .await
 }
 
-async fn release_addresses<D, E: Exec>(
+async fn release_addresses<E: Exec>(
     inv: &Invocation,
     loaded: &Loaded,
     client: &Client,
-    host: &mut Host<D, E>,
+    exec: &mut E,
 ) -> Result<()> {
     let conf = &loaded.conf;
     if conf.ipam.is_none() {
         return Ok(());
     }
     if !conf.ipam_in_process() {
-        host.exec
-            .exec(conf.ipam_type(), Command::Del, &loaded.raw)?;
+        exec.exec(conf.ipam_type(), Command::Del, &loaded.raw)?;
         return Ok(());
     }
     let _lock = HostLock::acquire(conf.state_dir())?;
@@ -243,7 +242,7 @@ async fn undo_allocation<D, E: Exec>(
     client: &Client,
     host: &mut Host<D, E>,
 ) {
-    if let Err(e) = release_addresses(inv, loaded, client, host).await {
+    if let Err(e) = release_addresses(inv, loaded, client, &mut host.exec).await {
         tracing::error!(error = %e, "could not release the addresses of a failed ADD");
     }
 }
@@ -268,7 +267,7 @@ async fn add<D: Dataplane, E: Exec>(
         workload.endpoint_name(&node, &inv.ifname)?;
         host.dataplane.check_netns(netns)?;
     }
-    let client = connect(conf, host).await?;
+    let client = connect(conf, host.datastore_env.as_deref()).await?;
     let addresses = allocate_addresses(inv, loaded, &client, &node, host).await?;
     let outcome = match mode {
         Mode::Ipam => ipam_result(&client, &addresses).await,
@@ -478,24 +477,51 @@ async fn delete_endpoint(
     ))
 }
 
-async fn del<D: Dataplane, E: Exec>(
+async fn del<D: Dataplane, E: Exec + Send>(
     mode: Mode,
     inv: &Invocation,
     loaded: &Loaded,
     host: &mut Host<D, E>,
 ) -> Result<()> {
     let conf = &loaded.conf;
-    let client = connect(conf, host).await?;
-    if mode == Mode::Main {
-        let node = node_name(conf, &host.hostname)?;
-        let workload = workload_of(inv);
-        // A name that cannot be built was never written.
-        if let Ok(name) = workload.endpoint_name(&node, &inv.ifname) {
-            delete_endpoint(&client, workload.namespace(), &name, &inv.container_id).await?;
-        }
-        host.dataplane.remove(inv.netns.as_deref(), &inv.ifname)?;
+    let Host {
+        dataplane,
+        exec,
+        datastore_env,
+        hostname,
+    } = host;
+    let datastore_env = datastore_env.as_deref();
+    if mode == Mode::Ipam {
+        let client = connect(conf, datastore_env).await?;
+        return release_addresses(inv, loaded, &client, exec).await;
     }
-    release_addresses(inv, loaded, &client, host).await
+    let node = node_name(conf, hostname)?;
+    let workload = workload_of(inv);
+    // The kernel takes tens of milliseconds to delete a veth (it waits for RCU), so the
+    // datastore work runs beside it on its own thread and runtime instead of after it.
+    let datastore_work = || -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CniError::new(code::IO_FAILURE, format!("async runtime: {e}")))?;
+        runtime.block_on(async {
+            let client = connect(conf, datastore_env).await?;
+            // A name that cannot be built was never written.
+            if let Ok(name) = workload.endpoint_name(&node, &inv.ifname) {
+                delete_endpoint(&client, workload.namespace(), &name, &inv.container_id).await?;
+            }
+            release_addresses(inv, loaded, &client, exec).await
+        })
+    };
+    let (removed, recorded) = std::thread::scope(|s| {
+        let datastore = s.spawn(datastore_work);
+        let removed = dataplane.remove(inv.netns.as_deref(), &inv.ifname);
+        let recorded = datastore.join().unwrap_or_else(|_| {
+            Err(CniError::new(code::IO_FAILURE, "the datastore thread panicked"))
+        });
+        (removed, recorded)
+    });
+    removed.and(recorded)
 }
 
 fn mismatch(msg: String) -> CniError {
@@ -514,7 +540,7 @@ async fn check<D: Dataplane, E: Exec>(
         .as_ref()
         .ok_or_else(|| CniError::invalid_config("CHECK needs prevResult"))?;
     let prev = CniResult::from_json(prev, "prevResult")?;
-    let client = connect(conf, host).await?;
+    let client = connect(conf, host.datastore_env.as_deref()).await?;
     let expected: Vec<IpAddr> = prev
         .ips
         .iter()
@@ -657,7 +683,7 @@ fn compare(
 async fn status<D, E: Exec>(loaded: &Loaded, host: &mut Host<D, E>) -> Result<()> {
     let conf = &loaded.conf;
     let unavailable = |msg: String| CniError::new(code::NOT_AVAILABLE, msg);
-    let client = connect(conf, host).await.map_err(|e| unavailable(e.msg))?;
+    let client = connect(conf, host.datastore_env.as_deref()).await.map_err(|e| unavailable(e.msg))?;
     let (pools, _) = client
         .list::<IPPool>(None)
         .await
@@ -681,7 +707,7 @@ async fn gc<D, E: Exec>(mode: Mode, loaded: &Loaded, host: &mut Host<D, E>) -> R
     })?;
     let valid_ids: BTreeSet<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
     let node = node_name(conf, &host.hostname)?;
-    let client = connect(conf, host).await?;
+    let client = connect(conf, host.datastore_env.as_deref()).await?;
     if mode == Mode::Main {
         let (weps, _) = client.list::<WorkloadEndpoint>(None).await?;
         for wep in weps {
