@@ -517,7 +517,10 @@ async fn del<D: Dataplane, E: Exec + Send>(
         let datastore = s.spawn(datastore_work);
         let removed = dataplane.remove(inv.netns.as_deref(), &inv.ifname);
         let recorded = datastore.join().unwrap_or_else(|_| {
-            Err(CniError::new(code::IO_FAILURE, "the datastore thread panicked"))
+            Err(CniError::new(
+                code::IO_FAILURE,
+                "the datastore thread panicked",
+            ))
         });
         (removed, recorded)
     });
@@ -683,7 +686,9 @@ fn compare(
 async fn status<D, E: Exec>(loaded: &Loaded, host: &mut Host<D, E>) -> Result<()> {
     let conf = &loaded.conf;
     let unavailable = |msg: String| CniError::new(code::NOT_AVAILABLE, msg);
-    let client = connect(conf, host.datastore_env.as_deref()).await.map_err(|e| unavailable(e.msg))?;
+    let client = connect(conf, host.datastore_env.as_deref())
+        .await
+        .map_err(|e| unavailable(e.msg))?;
     let (pools, _) = client
         .list::<IPPool>(None)
         .await
