@@ -834,6 +834,17 @@ mod tests {
         }
     }
 
+    fn invocation(command: Command, container_id: &str, netns: &str) -> Invocation {
+        Invocation {
+            command,
+            container_id: container_id.into(),
+            netns: Some(PathBuf::from(netns)),
+            ifname: "eth0".into(),
+            args: Default::default(),
+            path: Vec::new(),
+        }
+    }
+
     struct World {
         host: Host<FakeDataplane, NoExec>,
         state: tempfile::TempDir,
@@ -889,18 +900,9 @@ mod tests {
             pod: &str,
             extra: Value,
         ) -> Result<Option<Value>> {
-            let inv = Invocation {
-                command,
-                container_id: cid.into(),
-                netns: Some(PathBuf::from("/var/run/netns/x")),
-                ifname: "eth0".into(),
-                args: crate::env::CniArgs {
-                    pod_namespace: Some("ns".into()),
-                    pod_name: Some(pod.into()),
-                    ..Default::default()
-                },
-                path: Vec::new(),
-            };
+            let mut inv = invocation(command, cid, "/var/run/netns/x");
+            inv.args.pod_namespace = Some("ns".into());
+            inv.args.pod_name = Some(pod.into());
             let loaded = self.loaded(command, extra);
             run(Mode::Main, &inv, &loaded, &mut self.host).await
         }
@@ -960,14 +962,7 @@ mod tests {
     #[tokio::test]
     async fn missing_netns_fails_before_allocating() {
         let mut w = World::new("no-netns").await;
-        let inv = Invocation {
-            command: Command::Add,
-            container_id: "c1".into(),
-            netns: Some(PathBuf::from("/var/run/netns/missing")),
-            ifname: "eth0".into(),
-            args: Default::default(),
-            path: Vec::new(),
-        };
+        let inv = invocation(Command::Add, "c1", "/var/run/netns/missing");
         let loaded = w.loaded(Command::Add, json!({}));
         let err = run(Mode::Main, &inv, &loaded, &mut w.host)
             .await
@@ -1030,14 +1025,7 @@ mod tests {
             .inspect(Path::new("/x"), "eth0", "mgyx")
             .unwrap();
         observed.container_routes.pop();
-        let inv = Invocation {
-            command: Command::Check,
-            container_id: "c1".into(),
-            netns: None,
-            ifname: "eth0".into(),
-            args: Default::default(),
-            path: Vec::new(),
-        };
+        let inv = invocation(Command::Check, "c1", "/var/run/netns/x");
         let prev = CniResult::from_json(&out, "x").unwrap();
         let err = compare(&observed, &inv, "mgyx", &prev.addresses(), DEFAULT_MTU).unwrap_err();
         assert!(err.msg.contains("no route to 0.0.0.0/0"), "{}", err.msg);

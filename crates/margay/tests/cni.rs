@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{json, Value};
 
+#[path = "support/uplink.rs"]
+mod uplink;
+
 const BIN: &str = env!("CARGO_BIN_EXE_margay");
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -142,23 +145,7 @@ impl Node {
     /// A node whose datastore holds `pool` (CIDR, block size).
     fn new(pool: Option<(&str, u8)>) -> Node {
         let ns = Netns::new("n");
-        ns.ip(&["link", "set", "lo", "up"]);
-        // Like a real node, the namespace has a default route: proxy ARP answers only for
-        // destinations the node routes out of another interface (as with Calico). The
-        // uplink's peer stays inside the namespace, so nothing leaves it.
-        ns.ip(&[
-            "link",
-            "add",
-            "uplink",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "uplink-peer",
-        ]);
-        ns.ip(&["link", "set", "uplink", "up"]);
-        ns.ip(&["link", "set", "uplink-peer", "up"]);
-        ns.ip(&["route", "add", "default", "dev", "uplink"]);
+        uplink::add_dead_end_uplink(&ns.name);
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();

@@ -18,36 +18,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_margay");
 const POOL: &str = "10.88.213.0/24";
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
-/// A network namespace playing the node, with a default route to a dead-end uplink (proxy
-/// ARP needs one, as on a real node). Deleted on drop.
+/// A network namespace playing the node. Deleted on drop.
 struct NodeNetns(String);
 
 impl NodeNetns {
     fn new() -> NodeNetns {
         let name = format!("mgyctrd{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let ok = Command::new("ip").args(args).status().unwrap().success();
-            assert!(ok, "ip {args:?}");
-        };
-        ip(&["netns", "add", &name]);
+        let added = Command::new("ip").args(["netns", "add", &name]).status();
+        assert!(added.is_ok_and(|s| s.success()), "ip netns add {name}");
         let node = NodeNetns(name);
-        let n = node.0.as_str();
-        ip(&["-n", n, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            n,
-            "link",
-            "add",
-            "uplink",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "uplink-peer",
-        ]);
-        ip(&["-n", n, "link", "set", "uplink", "up"]);
-        ip(&["-n", n, "link", "set", "uplink-peer", "up"]);
-        ip(&["-n", n, "route", "add", "default", "dev", "uplink"]);
+        support::uplink::add_dead_end_uplink(&node.0);
         node
     }
 

@@ -1,1 +1,2 @@
 pub mod containerd;
+pub mod uplink;
