@@ -65,8 +65,6 @@ pub trait Dataplane {
     fn add(&mut self, spec: &PodInterfaceSpec) -> Result<WiredInterface>;
     /// Removes the pod's interface (and so the host end). Missing netns or interface is fine.
     fn remove(&mut self, netns: Option<&Path>, container_ifname: &str) -> Result<()>;
-    /// Removes a host-side veth left by a failed or forgotten attachment, if any.
-    fn remove_host_veth(&mut self, host_ifname: &str) -> Result<()>;
     fn inspect(
         &mut self,
         netns: &Path,
@@ -275,20 +273,6 @@ impl Dataplane for LinuxDataplane {
         }
     }
 
-    fn remove_host_veth(&mut self, host_ifname: &str) -> Result<()> {
-        let mut host = RouteSocket::new().map_err(|e| dp_err("host netlink socket", e))?;
-        if let Some(link) = host
-            .link_by_name(host_ifname)
-            .map_err(|e| dp_err("looking up the host veth", e))?
-        {
-            match host.delete_link(link.index) {
-                Err(e) if !e.is_not_found() => return Err(dp_err("deleting the host veth", e)),
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
     fn inspect(
         &mut self,
         netns: &Path,
@@ -298,55 +282,17 @@ impl Dataplane for LinuxDataplane {
         let ns = Self::open_netns(netns)?;
         let mut observed = ObservedPod::default();
         let mut pod = RouteSocket::new_in(&ns).map_err(|e| dp_err("pod netlink socket", e))?;
-        let observe = |sock: &mut RouteSocket, link: Link| -> Result<ObservedLink> {
-            let addresses = sock
-                .addresses(Some(link.index))
-                .map_err(|e| dp_err("listing addresses", e))?
+        if let Some((link, routes)) = observe(&mut pod, container_ifname, "the pod")? {
+            observed.container = Some(link);
+            observed.container_routes = routes
                 .into_iter()
-                .map(|(_, a)| a)
-                .filter(|a| !is_link_local(a.addr()))
+                .map(|r| (r.destination, r.gateway))
                 .collect();
-            Ok(ObservedLink {
-                mac: link.mac.as_ref().map(format_mac).unwrap_or_default(),
-                mtu: link.mtu,
-                up: link.up,
-                addresses,
-            })
-        };
-        if let Some(link) = pod
-            .link_by_name(container_ifname)
-            .map_err(|e| dp_err("looking up the pod interface", e))?
-        {
-            let index = link.index;
-            observed.container = Some(observe(&mut pod, link)?);
-            for ipv6 in [false, true] {
-                for r in pod
-                    .routes(ipv6)
-                    .map_err(|e| dp_err("listing pod routes", e))?
-                {
-                    if r.oif == Some(index) && !is_connected_or_local(&r) {
-                        observed.container_routes.push((r.destination, r.gateway));
-                    }
-                }
-            }
         }
         let mut host = RouteSocket::new().map_err(|e| dp_err("host netlink socket", e))?;
-        if let Some(link) = host
-            .link_by_name(host_ifname)
-            .map_err(|e| dp_err("looking up the host veth", e))?
-        {
-            let index = link.index;
-            observed.host = Some(observe(&mut host, link)?);
-            for ipv6 in [false, true] {
-                for r in host
-                    .routes(ipv6)
-                    .map_err(|e| dp_err("listing host routes", e))?
-                {
-                    if r.oif == Some(index) && !is_connected_or_local(&r) {
-                        observed.host_routes.push(r.destination);
-                    }
-                }
-            }
+        if let Some((link, routes)) = observe(&mut host, host_ifname, "the host")? {
+            observed.host = Some(link);
+            observed.host_routes = routes.into_iter().map(|r| r.destination).collect();
             for (key, _) in host_sysctls(host_ifname, true, false) {
                 let value = sysctl::read(&key).unwrap_or_default();
                 observed.host_sysctls.push((key, value.trim().to_owned()));
@@ -354,6 +300,45 @@ impl Dataplane for LinuxDataplane {
         }
         Ok(observed)
     }
+}
+
+/// A link by name, its addresses (link-local ones aside) and the routes through it.
+fn observe(
+    sock: &mut RouteSocket,
+    name: &str,
+    side: &str,
+) -> Result<Option<(ObservedLink, Vec<Route>)>> {
+    let Some(link) = sock
+        .link_by_name(name)
+        .map_err(|e| dp_err(&format!("looking up {name} in {side}"), e))?
+    else {
+        return Ok(None);
+    };
+    let addresses = sock
+        .addresses(Some(link.index))
+        .map_err(|e| dp_err(&format!("listing addresses in {side}"), e))?
+        .into_iter()
+        .map(|(_, a)| a)
+        .filter(|a| !is_link_local(a.addr()))
+        .collect();
+    let mut routes = Vec::new();
+    for ipv6 in [false, true] {
+        for r in sock
+            .routes(ipv6)
+            .map_err(|e| dp_err(&format!("listing routes in {side}"), e))?
+        {
+            if r.oif == Some(link.index) && !is_connected_or_local(&r) {
+                routes.push(r);
+            }
+        }
+    }
+    let observed = ObservedLink {
+        mac: link.mac.as_ref().map(format_mac).unwrap_or_default(),
+        mtu: link.mtu,
+        up: link.up,
+        addresses,
+    };
+    Ok(Some((observed, routes)))
 }
 
 fn is_link_local(ip: IpAddr) -> bool {

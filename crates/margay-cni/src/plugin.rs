@@ -795,9 +795,6 @@ mod tests {
             self.removed.push(container_ifname.to_owned());
             Ok(())
         }
-        fn remove_host_veth(&mut self, _host_ifname: &str) -> Result<()> {
-            Ok(())
-        }
         fn inspect(&mut self, _: &Path, _: &str, host_ifname: &str) -> Result<ObservedPod> {
             let spec = self.wired.last().expect("wired");
             let link = |addresses| ObservedLink {
