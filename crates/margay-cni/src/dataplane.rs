@@ -169,7 +169,6 @@ impl LinuxDataplane {
         }
         for (dst, gw) in container_routes(&spec.addresses) {
             let route = Route {
-                destination: dst,
                 gateway: gw,
                 oif: Some(container.index),
                 scope: if gw.is_some() {
@@ -177,8 +176,7 @@ impl LinuxDataplane {
                 } else {
                     RouteScope::Link
                 },
-                table: 254,
-                protocol: 3,
+                ..Route::new(dst)
             };
             pod.add_route(&route)
                 .map_err(|e| dp_err(&format!("adding the pod route to {dst}"), e))?;
@@ -198,14 +196,13 @@ impl LinuxDataplane {
         }
         for addr in &spec.addresses {
             // Replace, not add: a route left by a pod that vanished without DEL must not
-            // block a new pod that was given the same address.
+            // block a new pod that was given the same address. Margay's protocol number
+            // makes it the agent's to keep correct.
             host.replace_route(&Route {
-                destination: IpNet::from(*addr),
-                gateway: None,
                 oif: Some(host_link.index),
                 scope: RouteScope::Link,
-                table: 254,
-                protocol: 3,
+                protocol: Route::PROTO_MARGAY,
+                ..Route::new(IpNet::from(*addr))
             })
             .map_err(|e| dp_err(&format!("adding the host route to {addr}"), e))?;
         }

@@ -67,6 +67,17 @@ impl Error {
             Some(libc::ENOENT | libc::ENODEV | libc::ESRCH | libc::ENXIO)
         )
     }
+
+    /// The kernel lacks the feature: a protocol or address family it was built without
+    /// (EAFNOSUPPORT, EPROTONOSUPPORT), or an operation or link type it does not know
+    /// (EOPNOTSUPP; an unknown link type, such as ipip without its module, is reported as
+    /// "Unknown device type" with that errno).
+    pub fn is_not_supported(&self) -> bool {
+        matches!(
+            self.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -110,10 +121,24 @@ mod tests {
             assert!(!e.is_exists());
         }
         let e = Error::invalid("opening netns /tmp/x", "not a network namespace");
-        assert!(!e.is_not_found() && !e.is_exists());
+        assert!(!e.is_not_found() && !e.is_exists() && !e.is_not_supported());
         assert_eq!(
             e.to_string(),
             "opening netns /tmp/x: not a network namespace"
         );
+    }
+
+    #[test]
+    fn not_supported_covers_missing_kernel_features() {
+        for errno in [libc::EOPNOTSUPP, libc::EAFNOSUPPORT, libc::EPROTONOSUPPORT] {
+            let e = Error::Os {
+                op: "creating ipip tunl1".into(),
+                error: io::Error::from_raw_os_error(errno),
+                extack: Some("Unknown device type".into()),
+            };
+            assert!(e.is_not_supported(), "errno {errno}");
+            assert!(!e.is_not_found() && !e.is_exists());
+        }
+        assert!(!Error::os("x", io::Error::from_raw_os_error(libc::EINVAL)).is_not_supported());
     }
 }

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use margay_sys::netlink::{Link, Mac, Neighbour, Route, RouteScope, RouteSocket, VethRequest};
+use margay_sys::netlink::{
+    FdbEntry, Link, Mac, Neighbour, Route, RouteMonitor, RouteScope, RouteSocket, RouteType,
+    VethRequest, VxlanInfo, VxlanRequest,
+};
 use margay_sys::netns::NetNs;
 use margay_sys::sysctl;
 use serde_json::Value;
@@ -165,12 +168,10 @@ fn addr(s: &str) -> IpAddr {
 
 fn route(dst: &str, gateway: Option<&str>, oif: u32, scope: RouteScope) -> Route {
     Route {
-        destination: net(dst),
         gateway: gateway.map(addr),
         oif: Some(oif),
         scope,
-        table: Route::MAIN_TABLE,
-        protocol: Route::PROTO_BOOT,
+        ..Route::new(net(dst))
     }
 }
 
@@ -397,8 +398,18 @@ fn calico_style_routes() {
     p.pod_sock.replace_route(&static_default).unwrap();
     assert!(p.pod_sock.routes(false).unwrap().contains(&static_default));
 
-    // Deleting matches whatever protocol installed it.
-    p.pod_sock.delete_route(&default).unwrap();
+    // Deleting matches the protocol: nobody removes a route someone else installed…
+    let e = p.pod_sock.delete_route(&default).unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    p.pod_sock.delete_route(&static_default).unwrap();
+    // …unless asking for any (0).
+    p.pod_sock.add_route(&default).unwrap();
+    p.pod_sock
+        .delete_route(&Route {
+            protocol: 0,
+            ..default.clone()
+        })
+        .unwrap();
     assert!(!p
         .pod_sock
         .routes(false)
@@ -624,4 +635,501 @@ fn pod_add_sequence_is_fast() {
     let elapsed = start.elapsed();
     eprintln!("pod ADD netlink/netns/sysctl work took {elapsed:?}");
     assert!(elapsed < Duration::from_millis(100), "{elapsed:?}");
+}
+
+const VTEP_MAC: Mac = [0x66, 0x0a, 0x41, 0x01, 0x00, 0x01];
+
+fn mac_str(mac: Mac) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// A VXLAN device as the agent makes it (vni 4096, port 4789, learning off), up, with `lo`
+/// up too: the kernel accepts an onlink gateway only once the namespace has a local table.
+fn vxlan_up(test_ns: &TestNs, sock: &mut RouteSocket, name: &str) -> Link {
+    test_ns.ip(&["link", "set", "lo", "up"]);
+    let link = sock
+        .create_vxlan(&VxlanRequest {
+            name,
+            vni: 4096,
+            port: 4789,
+            local: None,
+            parent_index: None,
+            mtu: Some(1410),
+            mac: Some(VTEP_MAC),
+            learning: false,
+        })
+        .unwrap();
+    sock.set_up(link.index).unwrap();
+    link
+}
+
+#[test]
+fn vxlan_device_settings_read_back() {
+    require_root!();
+    let test_ns = TestNs::new();
+    let mut sock = test_ns.socket();
+    let parent = sock
+        .create_veth(&VethRequest {
+            name: "mgyunder",
+            mac: None,
+            mtu: None,
+            peer_name: "mgyunder-peer",
+            peer_ns: None,
+            peer_mac: None,
+        })
+        .unwrap();
+    let req = VxlanRequest {
+        name: "vxlan.margay",
+        vni: 4096,
+        port: 4789,
+        local: Some(addr("192.0.2.10")),
+        parent_index: Some(parent.index),
+        mtu: Some(1410),
+        mac: Some(VTEP_MAC),
+        learning: false,
+    };
+    let vxlan = sock.create_vxlan(&req).unwrap();
+    let expected = VxlanInfo {
+        vni: 4096,
+        port: 4789,
+        local: Some(addr("192.0.2.10")),
+        parent_index: Some(parent.index),
+        learning: false,
+    };
+    assert_eq!(vxlan.vxlan.as_ref(), Some(&expected));
+    assert_eq!(
+        (
+            vxlan.name.as_str(),
+            vxlan.kind.as_deref(),
+            vxlan.mtu,
+            vxlan.mac
+        ),
+        ("vxlan.margay", Some("vxlan"), 1410, Some(VTEP_MAC))
+    );
+    assert!(!vxlan.up);
+    assert_eq!(
+        sock.link_by_name("vxlan.margay").unwrap(),
+        Some(vxlan.clone())
+    );
+    let listed = sock.links().unwrap();
+    assert!(listed.contains(&vxlan), "{listed:?}");
+    assert!(listed
+        .iter()
+        .filter(|l| l.index != vxlan.index)
+        .all(|l| l.vxlan.is_none()));
+
+    let shown = &test_ns.ip_json(&["-d", "link", "show", "vxlan.margay"])[0];
+    let data = &shown["linkinfo"]["info_data"];
+    assert_eq!(data["id"], 4096);
+    assert_eq!(data["port"], 4789);
+    assert_eq!(data["local"], "192.0.2.10");
+    assert_eq!(data["link"], "mgyunder");
+    assert_eq!(data["learning"], false);
+    assert_eq!(shown["address"], mac_str(VTEP_MAC));
+
+    let e = sock.create_vxlan(&req).unwrap_err();
+    assert!(e.is_exists(), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("creating vxlan vxlan.margay (vni 4096): File exists"),
+        "{e}"
+    );
+    // Defaults: the kernel picks the MAC and MTU, and learns unless told not to.
+    let learning = sock
+        .create_vxlan(&VxlanRequest {
+            name: "mgyvx-learn",
+            vni: 7,
+            local: None,
+            parent_index: None,
+            mtu: None,
+            mac: None,
+            learning: true,
+            ..req
+        })
+        .unwrap();
+    let info = learning.vxlan.unwrap();
+    assert_eq!((info.vni, info.local, info.parent_index), (7, None, None));
+    assert!(info.learning && learning.mac.is_some());
+}
+
+#[test]
+fn blackhole_and_onlink_routes_read_back() {
+    require_root!();
+    let test_ns = TestNs::new();
+    let mut sock = test_ns.socket();
+    let vxlan = vxlan_up(&test_ns, &mut sock, "vxlan.margay");
+    let blackhole = |dst: &str| Route {
+        kind: RouteType::Blackhole,
+        protocol: Route::PROTO_MARGAY,
+        ..Route::new(net(dst))
+    };
+    let onlink = |dst: &str, gateway: &str| Route {
+        gateway: Some(addr(gateway)),
+        oif: Some(vxlan.index),
+        protocol: Route::PROTO_MARGAY,
+        onlink: true,
+        ..Route::new(net(dst))
+    };
+    let v4 = [
+        blackhole("10.65.0.0/26"),
+        onlink("10.65.1.0/26", "10.65.1.0"),
+    ];
+    let v6 = [
+        blackhole("fd00:65::/122"),
+        onlink("fd00:65:0:1::/122", "fd00:65:0:1::"),
+    ];
+    for route in v4.iter().chain(&v6) {
+        sock.replace_route(route).unwrap();
+    }
+    let (routes4, routes6) = (sock.routes(false).unwrap(), sock.routes(true).unwrap());
+    for route in &v4 {
+        assert!(routes4.contains(route), "{route} not in {routes4:?}");
+    }
+    // IPv6 shows its blackholes as "dev lo"; read back, they still equal what was written.
+    for route in &v6 {
+        assert!(routes6.contains(route), "{route} not in {routes6:?}");
+    }
+
+    let shown = test_ns.ip_json(&["route", "show", "proto", "77"]);
+    let by_dst = |shown: &Value, dst: &str| {
+        shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["dst"] == dst)
+            .cloned()
+            .unwrap_or_else(|| panic!("{dst} not in {shown}"))
+    };
+    assert_eq!(by_dst(&shown, "10.65.0.0/26")["type"], "blackhole");
+    let via = by_dst(&shown, "10.65.1.0/26");
+    assert_eq!(via["gateway"], "10.65.1.0");
+    assert_eq!(via["dev"], "vxlan.margay");
+    assert_eq!(via["flags"], serde_json::json!(["onlink"]));
+    let shown6 = test_ns.ip_json(&["-6", "route", "show", "proto", "77"]);
+    assert_eq!(by_dst(&shown6, "fd00:65::/122")["type"], "blackhole");
+    assert_eq!(
+        by_dst(&shown6, "fd00:65:0:1::/122")["flags"],
+        serde_json::json!(["onlink"])
+    );
+
+    // Without onlink the kernel refuses a gateway no address of the link covers.
+    let e = sock
+        .add_route(&Route {
+            onlink: false,
+            ..onlink("10.65.2.0/26", "10.65.2.0")
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("Network is unreachable"), "{e}");
+
+    // Deletes match type and protocol, so they only ever remove the agent's routes.
+    for route in v4.iter().chain(&v6) {
+        let foreign = Route {
+            protocol: Route::PROTO_BOOT,
+            ..route.clone()
+        };
+        let e = sock.delete_route(&foreign).unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+    }
+    let e = sock
+        .delete_route(&Route {
+            kind: RouteType::Unicast,
+            ..v4[0].clone()
+        })
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    for route in v4.iter().chain(&v6) {
+        sock.delete_route(route).unwrap();
+    }
+    assert!(test_ns.ip_json(&["route", "show", "proto", "77"]) == serde_json::json!([]));
+    assert!(test_ns.ip_json(&["-6", "route", "show", "proto", "77"]) == serde_json::json!([]));
+}
+
+#[test]
+fn permanent_neighbours_replace_idempotently_and_delete() {
+    require_root!();
+    let test_ns = TestNs::new();
+    let mut sock = test_ns.socket();
+    let vxlan = vxlan_up(&test_ns, &mut sock, "vxlan.margay");
+    let n = Neighbour {
+        index: vxlan.index,
+        ip: addr("10.65.1.0"),
+        mac: Some(VTEP_MAC),
+        state: Neighbour::NUD_PERMANENT,
+    };
+    sock.add_neighbour(&n).unwrap();
+    sock.add_neighbour(&n).unwrap();
+    assert_eq!(
+        sock.neighbours(Some(vxlan.index)).unwrap(),
+        std::slice::from_ref(&n)
+    );
+    let shown = test_ns.ip_json(&["neigh", "show", "dev", "vxlan.margay"]);
+    assert_eq!(shown.as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown[0]["dst"], "10.65.1.0");
+    assert_eq!(shown[0]["lladdr"], mac_str(VTEP_MAC));
+    assert_eq!(shown[0]["state"], serde_json::json!(["PERMANENT"]));
+
+    // Replacing changes the MAC in place.
+    let moved = Neighbour {
+        mac: Some([0x66, 0x0a, 0x41, 0x01, 0x00, 0x02]),
+        ..n.clone()
+    };
+    sock.add_neighbour(&moved).unwrap();
+    assert_eq!(
+        sock.neighbours(Some(vxlan.index)).unwrap(),
+        std::slice::from_ref(&moved)
+    );
+
+    sock.delete_neighbour(&moved).unwrap();
+    assert_eq!(sock.neighbours(Some(vxlan.index)).unwrap(), []);
+    let e = sock.delete_neighbour(&moved).unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    assert!(
+        e.to_string().starts_with(&format!(
+            "deleting neighbour 10.65.1.0 lladdr 66:0a:41:01:00:02 dev #{}",
+            vxlan.index
+        )),
+        "{e}"
+    );
+}
+
+/// `bridge -j fdb show dev DEV` as (MAC, remote), checking every entry is a permanent one of
+/// the device itself.
+fn bridge_fdb(test_ns: &TestNs, dev: &str) -> Vec<(String, String)> {
+    let out = Command::new("bridge")
+        .args(["-n", &test_ns.name, "-j", "fdb", "show", "dev", dev])
+        .output()
+        .expect("running bridge");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut entries: Vec<(String, String)> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["flags"], serde_json::json!(["self"]), "{e}");
+            assert_eq!(e["state"], "permanent", "{e}");
+            (
+                e["mac"].as_str().unwrap().to_owned(),
+                e["dst"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+fn fdb_pairs(entries: &[FdbEntry]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| (mac_str(e.mac), e.dst.unwrap().to_string()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+#[test]
+fn fdb_entries_replace_list_and_delete() {
+    require_root!();
+    let test_ns = TestNs::new();
+    let mut sock = test_ns.socket();
+    let vxlan = vxlan_up(&test_ns, &mut sock, "vxlan.margay");
+    // Another VXLAN device with an entry of its own, and a veth whose multicast addresses
+    // the kernel also lists as FDB entries: neither may show up in vxlan.margay's list.
+    let other = sock
+        .create_vxlan(&VxlanRequest {
+            name: "mgyvx-other",
+            vni: 5000,
+            port: 4790,
+            local: None,
+            parent_index: None,
+            mtu: None,
+            mac: None,
+            learning: false,
+        })
+        .unwrap();
+    sock.replace_fdb(&FdbEntry {
+        index: other.index,
+        mac: [0x66, 0, 0, 0, 0, 0x99],
+        dst: Some(addr("192.0.2.99")),
+    })
+    .unwrap();
+    let veth = sock
+        .create_veth(&VethRequest {
+            name: "mgyfdbveth",
+            mac: None,
+            mtu: None,
+            peer_name: "mgyfdbveth-peer",
+            peer_ns: None,
+            peer_mac: None,
+        })
+        .unwrap();
+    sock.set_up(veth.index).unwrap();
+    assert_eq!(sock.fdb(vxlan.index).unwrap(), []);
+
+    let first = FdbEntry {
+        index: vxlan.index,
+        mac: VTEP_MAC,
+        dst: Some(addr("192.0.2.7")),
+    };
+    sock.replace_fdb(&first).unwrap();
+    sock.replace_fdb(&first).unwrap();
+    assert_eq!(sock.fdb(vxlan.index).unwrap(), std::slice::from_ref(&first));
+    assert_eq!(
+        bridge_fdb(&test_ns, "vxlan.margay"),
+        fdb_pairs(std::slice::from_ref(&first))
+    );
+
+    // Replacing moves the MAC to a new remote; a second MAC adds an entry.
+    let moved = FdbEntry {
+        dst: Some(addr("192.0.2.8")),
+        ..first.clone()
+    };
+    let second = FdbEntry {
+        mac: [0x66, 0x0a, 0x41, 0x02, 0x00, 0x01],
+        dst: Some(addr("192.0.2.9")),
+        ..first.clone()
+    };
+    sock.replace_fdb(&moved).unwrap();
+    sock.replace_fdb(&second).unwrap();
+    let listed = sock.fdb(vxlan.index).unwrap();
+    assert_eq!(
+        fdb_pairs(&listed),
+        fdb_pairs(&[moved.clone(), second.clone()])
+    );
+    assert_eq!(bridge_fdb(&test_ns, "vxlan.margay"), fdb_pairs(&listed));
+    assert_eq!(sock.fdb(other.index).unwrap().len(), 1);
+
+    sock.delete_fdb(&moved).unwrap();
+    assert_eq!(
+        sock.fdb(vxlan.index).unwrap(),
+        std::slice::from_ref(&second)
+    );
+    let e = sock.delete_fdb(&moved).unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    sock.delete_fdb(&second).unwrap();
+    assert_eq!(bridge_fdb(&test_ns, "vxlan.margay"), []);
+}
+
+#[test]
+fn route_monitor_sees_exactly_the_changes() {
+    require_root!();
+    let test_ns = TestNs::new();
+    let mut sock = test_ns.socket();
+    let vxlan = vxlan_up(&test_ns, &mut sock, "vxlan.margay");
+    let mut monitor = RouteMonitor::new_in(&test_ns.ns).unwrap();
+    let quiet = Duration::from_millis(200);
+    assert_eq!(monitor.drain(quiet).unwrap(), []);
+
+    let via = Route {
+        gateway: Some(addr("10.65.1.0")),
+        oif: Some(vxlan.index),
+        protocol: Route::PROTO_MARGAY,
+        onlink: true,
+        ..Route::new(net("10.65.1.0/26"))
+    };
+    let blackhole6 = Route {
+        kind: RouteType::Blackhole,
+        protocol: Route::PROTO_MARGAY,
+        ..Route::new(net("fd00:65::/122"))
+    };
+    sock.add_route(&via).unwrap();
+    sock.add_route(&blackhole6).unwrap();
+    assert_eq!(
+        monitor.drain(quiet).unwrap(),
+        [(true, via.clone()), (true, blackhole6.clone())]
+    );
+    // A failed change is no change.
+    assert!(sock.add_route(&via).unwrap_err().is_exists());
+    assert_eq!(monitor.drain(quiet).unwrap(), []);
+    // Reading routes is not a change. Replacing a route with an identical one is none for
+    // IPv4, but IPv6 reports it: the agent must compare before it writes.
+    sock.routes(false).unwrap();
+    sock.routes(true).unwrap();
+    sock.replace_route(&via).unwrap();
+    assert_eq!(monitor.drain(quiet).unwrap(), []);
+    sock.replace_route(&blackhole6).unwrap();
+    assert_eq!(monitor.drain(quiet).unwrap(), [(true, blackhole6.clone())]);
+    sock.delete_route(&via).unwrap();
+    sock.delete_route(&blackhole6).unwrap();
+    assert_eq!(
+        monitor.drain(quiet).unwrap(),
+        [(false, via.clone()), (false, blackhole6.clone())]
+    );
+    assert_eq!(monitor.drain(quiet).unwrap(), []);
+
+    // Thousands of changes queue up without loss while nobody reads.
+    let many: Vec<Route> = (0..2000u32)
+        .map(|i| Route {
+            oif: Some(vxlan.index),
+            scope: RouteScope::Link,
+            protocol: Route::PROTO_MARGAY,
+            ..Route::new(net(&format!("10.{}.{}.0/24", 100 + i / 256, i % 256)))
+        })
+        .collect();
+    let start = Instant::now();
+    for route in &many {
+        sock.replace_route(route).unwrap();
+    }
+    eprintln!("replacing {} routes took {:?}", many.len(), start.elapsed());
+    let events = monitor.drain(quiet).unwrap();
+    assert_eq!(events.len(), many.len());
+    assert!(events
+        .iter()
+        .zip(&many)
+        .all(|((is_new, seen), route)| *is_new && seen == route));
+    assert_eq!(monitor.drain(quiet).unwrap(), []);
+}
+
+#[test]
+fn set_up_by_name_sets_mtu_and_up() {
+    require_root!();
+    let test_ns = TestNs::new();
+    let mut sock = test_ns.socket();
+    let veth = sock
+        .create_veth(&VethRequest {
+            name: "mgyupname",
+            mac: None,
+            mtu: None,
+            peer_name: "mgyupname-peer",
+            peer_ns: None,
+            peer_mac: None,
+        })
+        .unwrap();
+    sock.set_up_by_name("mgyupname", Some(1440)).unwrap();
+    let link = sock.link_by_index(veth.index).unwrap().unwrap();
+    assert_eq!((link.up, link.mtu), (true, 1440));
+    sock.set_up_by_name("mgyupname-peer", None).unwrap();
+    let peer = sock.link_by_name("mgyupname-peer").unwrap().unwrap();
+    assert_eq!((peer.up, peer.mtu), (true, 1500));
+    let e = sock.set_up_by_name("tunl0", Some(1440)).unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+}
+
+#[test]
+fn create_ipip_reports_a_kernel_without_ipip() {
+    require_root!();
+    let test_ns = TestNs::new();
+    let mut sock = test_ns.socket();
+    match sock.create_ipip("mgyipip", Some(1440), Some("192.0.2.10".parse().unwrap())) {
+        Err(e) => {
+            assert!(e.is_not_supported(), "{e}");
+            assert!(e.to_string().starts_with("creating ipip mgyipip: "), "{e}");
+            eprintln!("this kernel lacks ipip, as expected here: {e}");
+        }
+        // A kernel with ipip: the device must be what was asked for, and the module's
+        // fallback device tunl0 can be brought up by name.
+        Ok(link) => {
+            assert_eq!(link.kind.as_deref(), Some("ipip"));
+            assert_eq!((link.name.as_str(), link.mtu), ("mgyipip", 1440));
+            let shown = &test_ns.ip_json(&["-d", "link", "show", "mgyipip"])[0];
+            assert_eq!(shown["linkinfo"]["info_data"]["local"], "192.0.2.10");
+            sock.set_up_by_name("tunl0", Some(1440)).unwrap();
+            let tunl0 = sock.link_by_name("tunl0").unwrap().unwrap();
+            assert_eq!((tunl0.up, tunl0.mtu), (true, 1440));
+        }
+    }
 }

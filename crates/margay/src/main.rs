@@ -52,6 +52,9 @@ enum Command {
     /// IP address management: show, assign, release, check, configure, gc.
     #[command(subcommand)]
     Ipam(IpamCommand),
+    /// The node agent: run it, or ask it how it is.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Install the CNI plugin (`margay`, `margay-ipam`) and write 10-margay.conflist.
     InstallCni(InstallCniArgs),
     /// Print a shell completion script.
@@ -200,6 +203,59 @@ impl From<Output> for OutputFormat {
     }
 }
 
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run the node agent: register the node, program routes, overlays and NAT; serve health
+    /// and metrics. Runs until stopped.
+    Run(NodeRunArgs),
+    /// This node's view, from the running agent's health endpoint.
+    Status {
+        /// Where the agent serves /status.
+        #[arg(long, env = "MARGAY_HEALTH_ADDR", default_value = "127.0.0.1:9099")]
+        health_addr: std::net::SocketAddr,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: StatusOutput,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusOutput {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct NodeRunArgs {
+    /// This node's name.
+    #[arg(long, env = "MARGAY_NODENAME")]
+    name: String,
+    /// The node's address with its prefix (10.0.0.5/24), or `auto` to detect it.
+    #[arg(long, env = "MARGAY_IP", default_value = "auto")]
+    ip: String,
+    /// How `--ip auto` finds the address: first-found, interface=REGEX, skip-interface=REGEX,
+    /// can-reach=ADDR.
+    #[arg(
+        long,
+        env = "MARGAY_IP_AUTODETECTION_METHOD",
+        default_value = "first-found"
+    )]
+    ip_autodetection: String,
+    /// Files shared with the CNI plugin (nodename, mtu).
+    #[arg(long, env = "MARGAY_STATE_DIR", default_value = "/var/lib/margay")]
+    state_dir: PathBuf,
+    /// Health endpoint (/liveness, /readiness, /status); default from AgentConfiguration,
+    /// 127.0.0.1:9099.
+    #[arg(long, env = "MARGAY_HEALTH_ADDR")]
+    health_addr: Option<std::net::SocketAddr>,
+    /// Prometheus endpoint (/metrics); default from AgentConfiguration, 0.0.0.0:9091.
+    #[arg(long, env = "MARGAY_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Full resync period even without changes; default AgentConfiguration
+    /// routeRefreshInterval (90s).
+    #[arg(long, env = "MARGAY_RESYNC_INTERVAL", value_parser = humantime::parse_duration)]
+    resync_interval: Option<Duration>,
+}
+
 #[derive(clap::Args)]
 struct InstallCniArgs {
     /// Where the runtime looks for plugin binaries.
@@ -284,6 +340,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Command::Node(cmd) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            return runtime.block_on(node(&cli, cmd));
+        }
         Command::Completion { shell } => {
             clap_complete::generate(
                 *shell,
@@ -300,6 +363,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(run_with_datastore(cli))
+}
+
+async fn node(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::Run(args) => {
+            let ip = if args.ip == "auto" {
+                margay_agent::config::IpChoice::Detect(
+                    args.ip_autodetection
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--ip-autodetection: {e}"))?,
+                )
+            } else {
+                margay_agent::config::IpChoice::Fixed(args.ip.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--ip {:?} is not `auto` or an IPv4 address/prefix like 10.0.0.5/24",
+                        args.ip
+                    )
+                })?)
+            };
+            let opts = margay_agent::config::AgentOptions {
+                node: args.name.clone(),
+                datastore: cli.datastore.clone(),
+                connect: ConnectOptions {
+                    etcd_ca: cli.etcd_ca.clone(),
+                    etcd_cert: cli.etcd_cert.clone(),
+                    etcd_key: cli.etcd_key.clone(),
+                    short_lived: false,
+                },
+                ip,
+                state_dir: args.state_dir.clone(),
+                health_addr: args.health_addr,
+                metrics_addr: args.metrics_addr,
+                resync_interval: args.resync_interval,
+            };
+            margay_agent::agent::run(opts).await?;
+            Ok(())
+        }
+        NodeCommand::Status {
+            health_addr,
+            output,
+        } => {
+            let status = margay_agent::http::fetch_status(*health_addr).await?;
+            match output {
+                StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                StatusOutput::Table => print!("{}", margay_agent::status::render(&status)),
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn run_with_datastore(cli: Cli) -> anyhow::Result<()> {
@@ -343,7 +455,10 @@ async fn run_with_datastore(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ipam(cmd) => ipam(&client, cmd).await,
-        Command::Version | Command::InstallCni(_) | Command::Completion { .. } => {
+        Command::Version
+        | Command::InstallCni(_)
+        | Command::Node(_)
+        | Command::Completion { .. } => {
             unreachable!("handled before connecting")
         }
     }

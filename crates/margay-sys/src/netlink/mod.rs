@@ -1,15 +1,17 @@
-//! A small synchronous rtnetlink client: links, addresses, routes, neighbours.
+//! A small synchronous rtnetlink client: links (veth, VXLAN, IPIP), addresses, routes,
+//! neighbours, bridge FDB entries, and a monitor of route changes.
 //!
 //! No async runtime: the CNI plugin is a short-lived process whose whole ADD must take a few
 //! milliseconds, and each operation here is one `send` and (usually) one `recv`.
 
 mod build;
+mod monitor;
 mod parse;
 mod wire;
 
 use std::fmt;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd};
 
 use ipnet::IpNet;
@@ -24,6 +26,8 @@ use nix::libc;
 use crate::netns::NetNs;
 use crate::Error;
 use wire::{Failure, OnMessage};
+
+pub use monitor::RouteMonitor;
 
 /// An Ethernet (MAC) address.
 pub type Mac = [u8; 6];
@@ -42,6 +46,22 @@ pub struct Link {
     pub kind: Option<String>,
     /// `IFLA_LINK`: for a veth, the index of its peer (in the peer's namespace).
     pub peer_index: Option<u32>,
+    /// The VXLAN settings, when `kind` is "vxlan".
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// A VXLAN device's settings (`IFLA_INFO_DATA`), as the kernel reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Source address of the encapsulated packets.
+    pub local: Option<IpAddr>,
+    /// The underlay device the tunnel is bound to.
+    pub parent_index: Option<u32>,
+    /// Whether the device learns remote MACs from received packets.
+    pub learning: bool,
 }
 
 /// The scope of a route (`rtm_scope`).
@@ -80,7 +100,17 @@ impl TryFrom<u8> for RouteScope {
     }
 }
 
-/// A unicast route.
+/// The type of a route (`rtm_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RouteType {
+    /// `RTN_UNICAST`: forwarded via a gateway or out of a link.
+    #[default]
+    Unicast,
+    /// `RTN_BLACKHOLE`: silently dropped; has no gateway and no output interface.
+    Blackhole,
+}
+
+/// A unicast or blackhole route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
     pub destination: IpNet,
@@ -92,6 +122,10 @@ pub struct Route {
     pub table: u32,
     /// Who installed it (`rtm_protocol`); [`Route::PROTO_BOOT`] is what `ip route add` uses.
     pub protocol: u8,
+    pub kind: RouteType,
+    /// `RTNH_F_ONLINK`: the gateway is on the link even though no address of the link's
+    /// subnets covers it (how VXLAN and IPIP routes reach other nodes' tunnel addresses).
+    pub onlink: bool,
 }
 
 impl Route {
@@ -99,11 +133,32 @@ impl Route {
     pub const MAIN_TABLE: u32 = libc::RT_TABLE_MAIN as u32;
     /// `RTPROT_BOOT`.
     pub const PROTO_BOOT: u8 = libc::RTPROT_BOOT;
+    /// Margay's own `rtm_protocol`: the node agent owns exactly the routes carrying it.
+    pub const PROTO_MARGAY: u8 = 77;
+
+    /// A unicast route to `destination` in the main table, as `ip route add` makes it
+    /// ([`Route::PROTO_BOOT`], scope universe), with no gateway or output interface yet: set
+    /// the rest with struct update syntax (`Route { oif: Some(3), ..Route::new(dst) }`).
+    pub fn new(destination: IpNet) -> Route {
+        Route {
+            destination,
+            gateway: None,
+            oif: None,
+            scope: RouteScope::Universe,
+            table: Route::MAIN_TABLE,
+            protocol: Route::PROTO_BOOT,
+            kind: RouteType::Unicast,
+            onlink: false,
+        }
+    }
 }
 
 impl fmt::Display for Route {
     /// Like `ip route`: `10.0.0.0/24 via 10.0.0.1 dev #3 scope link`, link by index.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind == RouteType::Blackhole {
+            write!(f, "blackhole ")?;
+        }
         write!(f, "{}", self.destination)?;
         if let Some(gateway) = self.gateway {
             write!(f, " via {gateway}")?;
@@ -119,6 +174,9 @@ impl fmt::Display for Route {
         if self.table != Route::MAIN_TABLE {
             write!(f, " table {}", self.table)?;
         }
+        if self.onlink {
+            write!(f, " onlink")?;
+        }
         Ok(())
     }
 }
@@ -129,8 +187,24 @@ pub struct Neighbour {
     pub index: u32,
     pub ip: IpAddr,
     pub mac: Option<Mac>,
-    /// `NUD_*` bits (`NUD_PERMANENT` is 0x80).
+    /// `NUD_*` bits ([`Neighbour::NUD_PERMANENT`] marks static entries).
     pub state: u16,
+}
+
+impl Neighbour {
+    /// `NUD_PERMANENT`: a static entry, never aged out; what [`RouteSocket::add_neighbour`]
+    /// writes.
+    pub const NUD_PERMANENT: u16 = libc::NUD_PERMANENT;
+}
+
+/// A bridge forwarding entry of a VXLAN device: frames for `mac` are sent to the VTEP `dst`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The device holding the entry.
+    pub index: u32,
+    pub mac: Mac,
+    /// The remote VTEP; `None` for entries without one (e.g. on a plain bridge port).
+    pub dst: Option<IpAddr>,
 }
 
 /// A veth pair to create with [`RouteSocket::create_veth`].
@@ -147,8 +221,42 @@ pub struct VethRequest<'a> {
     pub peer_mac: Option<Mac>,
 }
 
+/// A VXLAN device to create with [`RouteSocket::create_vxlan`].
+#[derive(Debug, Clone, Copy)]
+pub struct VxlanRequest<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    /// UDP destination port (4789 is IANA's; the kernel's default would be 8472).
+    pub port: u16,
+    /// Source address for encapsulated packets.
+    pub local: Option<IpAddr>,
+    /// The underlay device to bind the tunnel to.
+    pub parent_index: Option<u32>,
+    pub mtu: Option<u32>,
+    pub mac: Option<Mac>,
+    /// Learn remote MACs from received packets (the kernel's default is on; Calico turns it
+    /// off and programs static FDB entries instead).
+    pub learning: bool,
+}
+
 fn fmt_mac(mac: Mac) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Like `ip neigh`: `10.0.0.1 lladdr ee:ee:ee:ee:ee:ee dev #3`.
+fn fmt_neighbour(n: &Neighbour) -> String {
+    match n.mac {
+        Some(mac) => format!("{} lladdr {} dev #{}", n.ip, fmt_mac(mac), n.index),
+        None => format!("{} dev #{}", n.ip, n.index),
+    }
+}
+
+/// Like `bridge fdb`: `66:00:00:00:00:01 dev #3 dst 192.0.2.7`.
+fn fmt_fdb(e: &FdbEntry) -> String {
+    match e.dst {
+        Some(dst) => format!("{} dev #{} dst {dst}", fmt_mac(e.mac), e.index),
+        None => format!("{} dev #{}", fmt_mac(e.mac), e.index),
+    }
 }
 
 /// Initial receive buffer: the kernel sizes dump datagrams to the reader's buffer, up to
@@ -232,6 +340,37 @@ impl RouteSocket {
             None => format!("creating veth {} (peer {})", req.name, req.peer_name),
         };
         let msg = build::create_veth(req, req.peer_ns.map(|ns| ns.as_fd().as_raw_fd()));
+        self.create_link(msg, req.name, op)
+    }
+
+    /// Creates a VXLAN device with one `RTM_NEWLINK` (`NLM_F_CREATE|NLM_F_EXCL`), like
+    /// `ip link add NAME type vxlan id VNI dstport PORT [local IP] [dev PARENT] [nolearning]`.
+    /// It is left down.
+    pub fn create_vxlan(&mut self, req: &VxlanRequest) -> Result<Link, Error> {
+        let op = || format!("creating vxlan {} (vni {})", req.name, req.vni);
+        self.create_link(build::create_vxlan(req), req.name, op)
+    }
+
+    /// Creates an IPIP tunnel device, like `ip link add NAME type ipip [local IP]`. Kernels
+    /// without the ipip module refuse with an [`Error::is_not_supported`] error ("Unknown
+    /// device type").
+    pub fn create_ipip(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        local: Option<Ipv4Addr>,
+    ) -> Result<Link, Error> {
+        let op = || format!("creating ipip {name}");
+        self.create_link(build::create_ipip(name, mtu, local), name, op)
+    }
+
+    /// Sends a link creation and returns the new link, which must be named `name`.
+    fn create_link(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        name: &str,
+        op: impl Fn() -> String,
+    ) -> Result<Link, Error> {
         // NLM_F_ECHO: kernels since 6.3 send the new link back, saving a lookup.
         let mut created = None;
         self.apply(
@@ -248,7 +387,7 @@ impl RouteSocket {
         match created {
             Some(link) => Ok(link),
             None => self
-                .link_by_name(req.name)?
+                .link_by_name(name)?
                 .ok_or_else(|| Error::invalid(op(), "created, but then not found")),
         }
     }
@@ -257,6 +396,15 @@ impl RouteSocket {
     pub fn set_up(&mut self, index: u32) -> Result<(), Error> {
         self.apply(build::set_up(index), 0, &mut ignore)
             .map_err(|f| f.into_error(format!("setting link #{index} up")))
+    }
+
+    /// Sets the link named `name` up, and its MTU if given, in one `RTM_SETLINK` without a
+    /// lookup: for devices known by name, such as the IPIP fallback device `tunl0` that the
+    /// ipip module creates in every namespace. A missing link is an [`Error::is_not_found`]
+    /// error.
+    pub fn set_up_by_name(&mut self, name: &str, mtu: Option<u32>) -> Result<(), Error> {
+        self.apply(build::set_up_by_name(name, mtu), 0, &mut ignore)
+            .map_err(|f| f.into_error(format!("setting link {name} up")))
     }
 
     pub fn set_mac(&mut self, index: u32, mac: Mac) -> Result<(), Error> {
@@ -306,7 +454,9 @@ impl RouteSocket {
         .map_err(|f| f.into_error(format!("adding route {route}")))
     }
 
-    /// Adds a route, or replaces the one with the same destination (and table).
+    /// Adds a route, or replaces the one with the same destination (and table). Replacing an
+    /// IPv6 route with an identical one still notifies a change (IPv4 does not): compare
+    /// with [`routes`](Self::routes) first to leave the kernel alone.
     pub fn replace_route(&mut self, route: &Route) -> Result<(), Error> {
         self.apply(
             build::new_route(route),
@@ -316,15 +466,18 @@ impl RouteSocket {
         .map_err(|f| f.into_error(format!("replacing route {route}")))
     }
 
-    /// Deletes the route matching `route`'s destination, table, gateway and oif (scope and
-    /// protocol are not compared). A missing route is an [`Error::is_not_found`] error.
+    /// Deletes the route matching `route`'s destination, table, type and protocol, and its
+    /// gateway and oif when they are given (scope is not compared; protocol 0 matches any).
+    /// Matching the protocol means a delete never removes a route someone else installed.
+    /// A missing route is an [`Error::is_not_found`] error.
     pub fn delete_route(&mut self, route: &Route) -> Result<(), Error> {
         self.apply(build::delete_route(route), 0, &mut ignore)
             .map_err(|f| f.into_error(format!("deleting route {route}")))
     }
 
-    /// The unicast routes of the main table, IPv4 or IPv6. Cache clones, and routes of a
-    /// scope [`RouteScope`] cannot express, are left out.
+    /// The unicast and blackhole routes of the main table, IPv4 or IPv6. Other types (local,
+    /// unreachable, …), cache clones, and routes of a scope [`RouteScope`] cannot express are
+    /// left out.
     pub fn routes(&mut self, ipv6: bool) -> Result<Vec<Route>, Error> {
         self.dump(build::dump_routes(ipv6), |kind, payload| match kind {
             libc::RTM_NEWROUTE => parse::main_table_route(payload),
@@ -333,7 +486,7 @@ impl RouteSocket {
         .map_err(|f| f.into_error(format!("listing IPv{} routes", if ipv6 { 6 } else { 4 })))
     }
 
-    /// ARP and NDP entries, of one link or of all.
+    /// ARP and NDP entries, of one link or of all, with their `NUD_*` state.
     pub fn neighbours(&mut self, index: Option<u32>) -> Result<Vec<Neighbour>, Error> {
         self.dump(build::dump_neighbours(), |kind, payload| match kind {
             libc::RTM_NEWNEIGH => {
@@ -343,6 +496,51 @@ impl RouteSocket {
             _ => Ok(None),
         })
         .map_err(|f| f.into_error("listing neighbours".into()))
+    }
+
+    /// Writes a permanent ARP/NDP entry, replacing any entry for the same IP on the link
+    /// (`NLM_F_CREATE|NLM_F_REPLACE`, so writing the same entry again is harmless). The entry
+    /// is always `NUD_PERMANENT`: `n.state` is not sent.
+    pub fn add_neighbour(&mut self, n: &Neighbour) -> Result<(), Error> {
+        self.apply(
+            build::new_neighbour(n),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            &mut ignore,
+        )
+        .map_err(|f| f.into_error(format!("replacing neighbour {}", fmt_neighbour(n))))
+    }
+
+    /// Deletes the entry for `n.ip` on `n.index`. A missing entry is an
+    /// [`Error::is_not_found`] error.
+    pub fn delete_neighbour(&mut self, n: &Neighbour) -> Result<(), Error> {
+        self.apply(build::delete_neighbour(n), 0, &mut ignore)
+            .map_err(|f| f.into_error(format!("deleting neighbour {}", fmt_neighbour(n))))
+    }
+
+    /// The bridge forwarding entries the device `index` holds itself (`NTF_SELF`), as
+    /// `bridge fdb show dev DEV` lists them: one per remote, so a MAC with several remotes
+    /// appears several times. The kernel filters the dump to the device.
+    pub fn fdb(&mut self, index: u32) -> Result<Vec<FdbEntry>, Error> {
+        self.dump_request(build::dump_fdb(index), |kind, payload| match kind {
+            libc::RTM_NEWNEIGH => Ok(parse::fdb_entry(payload)?.filter(|e| e.index == index)),
+            _ => Ok(None),
+        })
+        .map_err(|f| f.into_error(format!("listing FDB entries of link #{index}")))
+    }
+
+    /// Writes a permanent FDB entry sending frames for `e.mac` to the VTEP `e.dst`, replacing
+    /// the entry's remote if the MAC is already known (`NLM_F_CREATE|NLM_F_REPLACE`), like
+    /// `bridge fdb replace MAC dev DEV dst IP self permanent`.
+    pub fn replace_fdb(&mut self, e: &FdbEntry) -> Result<(), Error> {
+        self.apply(build::new_fdb(e), NLM_F_CREATE | NLM_F_REPLACE, &mut ignore)
+            .map_err(|f| f.into_error(format!("replacing FDB entry {}", fmt_fdb(e))))
+    }
+
+    /// Deletes the FDB entry for `e.mac` (only its remote `e.dst`, when given). A missing
+    /// entry is an [`Error::is_not_found`] error.
+    pub fn delete_fdb(&mut self, e: &FdbEntry) -> Result<(), Error> {
+        self.apply(build::delete_fdb(e), 0, &mut ignore)
+            .map_err(|f| f.into_error(format!("deleting FDB entry {}", fmt_fdb(e))))
     }
 
     /// A single link, `None` on ENODEV.
@@ -370,9 +568,17 @@ impl RouteSocket {
     fn dump<T>(
         &mut self,
         msg: RouteNetlinkMessage,
+        parse: impl FnMut(u16, &[u8]) -> Result<Option<T>, DecodeError>,
+    ) -> Result<Vec<T>, Failure> {
+        self.dump_request(wire::encode(msg, NLM_F_DUMP, 0), parse)
+    }
+
+    /// [`dump`](Self::dump) with an already encoded request.
+    fn dump_request<T>(
+        &mut self,
+        mut request: Vec<u8>,
         mut parse: impl FnMut(u16, &[u8]) -> Result<Option<T>, DecodeError>,
     ) -> Result<Vec<T>, Failure> {
-        let mut request = wire::encode(msg, NLM_F_DUMP, 0);
         for attempt in 1.. {
             let mut items = Vec::new();
             let result = self.exchange(&mut request, false, &mut |kind, payload| {
@@ -487,18 +693,61 @@ mod tests {
     #[test]
     fn route_display_reads_like_ip_route() {
         let mut route = Route {
-            destination: "0.0.0.0/0".parse().unwrap(),
             gateway: Some("169.254.1.1".parse().unwrap()),
             oif: Some(2),
-            scope: RouteScope::Universe,
-            table: Route::MAIN_TABLE,
-            protocol: Route::PROTO_BOOT,
+            ..Route::new("0.0.0.0/0".parse().unwrap())
         };
         assert_eq!(route.to_string(), "0.0.0.0/0 via 169.254.1.1 dev #2");
+        route.onlink = true;
+        assert_eq!(route.to_string(), "0.0.0.0/0 via 169.254.1.1 dev #2 onlink");
         route.gateway = None;
+        route.onlink = false;
         route.scope = RouteScope::Link;
         route.table = 1000;
         assert_eq!(route.to_string(), "0.0.0.0/0 dev #2 scope link table 1000");
+        let blackhole = Route {
+            kind: RouteType::Blackhole,
+            protocol: Route::PROTO_MARGAY,
+            ..Route::new("10.65.0.0/26".parse().unwrap())
+        };
+        assert_eq!(blackhole.to_string(), "blackhole 10.65.0.0/26");
+    }
+
+    #[test]
+    fn new_route_is_what_ip_route_add_makes() {
+        let route = Route::new("10.0.0.0/8".parse().unwrap());
+        assert_eq!(
+            (route.table, route.protocol, route.scope, route.kind),
+            (254, 3, RouteScope::Universe, RouteType::Unicast)
+        );
+        assert_eq!(
+            (route.gateway, route.oif, route.onlink),
+            (None, None, false)
+        );
+    }
+
+    #[test]
+    fn neighbours_and_fdb_entries_print_like_iproute2() {
+        let mut n = Neighbour {
+            index: 3,
+            ip: "10.65.1.0".parse().unwrap(),
+            mac: Some([0x66, 0, 0, 0, 0, 1]),
+            state: Neighbour::NUD_PERMANENT,
+        };
+        assert_eq!(
+            fmt_neighbour(&n),
+            "10.65.1.0 lladdr 66:00:00:00:00:01 dev #3"
+        );
+        n.mac = None;
+        assert_eq!(fmt_neighbour(&n), "10.65.1.0 dev #3");
+        let mut e = FdbEntry {
+            index: 3,
+            mac: [0x66, 0, 0, 0, 0, 1],
+            dst: Some("192.0.2.7".parse().unwrap()),
+        };
+        assert_eq!(fmt_fdb(&e), "66:00:00:00:00:01 dev #3 dst 192.0.2.7");
+        e.dst = None;
+        assert_eq!(fmt_fdb(&e), "66:00:00:00:00:01 dev #3");
     }
 
     #[test]

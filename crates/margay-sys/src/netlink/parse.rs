@@ -1,4 +1,4 @@
-//! Reading the kernel's link, address, route and neighbour messages.
+//! Reading the kernel's link, address, route, neighbour and FDB messages.
 //!
 //! Only the attributes Margay uses are decoded. Parsing whole messages with
 //! netlink-packet-route would fail on any attribute a newer kernel formats differently
@@ -8,17 +8,25 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    parse_ip, parse_string, parse_u32, DecodeError, Emitable, NlaBuffer, NlasIterator,
-    NLA_HEADER_SIZE, NLA_TYPE_MASK,
+    parse_ip, parse_string, parse_u16_be, parse_u32, parse_u8, DecodeError, Emitable, NlaBuffer,
+    NlasIterator, NLA_HEADER_SIZE, NLA_TYPE_MASK,
 };
 use netlink_packet_route::address::AddressHeader;
 use netlink_packet_route::link::{LinkFlags, LinkHeader};
-use netlink_packet_route::neighbour::NeighbourHeader;
-use netlink_packet_route::route::{RouteFlags, RouteHeader, RouteType};
+use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourHeader};
+use netlink_packet_route::route::{RouteFlags, RouteHeader, RouteType as NlRouteType};
 use netlink_packet_route::AddressFamily;
 use nix::libc;
 
-use super::{Link, Mac, Neighbour, Route, RouteScope};
+use super::{FdbEntry, Link, Mac, Neighbour, Route, RouteScope, RouteType, VxlanInfo};
+
+// <linux/if_link.h>, which the libc crate does not cover.
+const IFLA_VXLAN_ID: u16 = 1;
+const IFLA_VXLAN_LINK: u16 = 3;
+const IFLA_VXLAN_LOCAL: u16 = 4;
+const IFLA_VXLAN_LEARNING: u16 = 7;
+const IFLA_VXLAN_PORT: u16 = 15;
+const IFLA_VXLAN_LOCAL6: u16 = 17;
 
 /// The attributes after a fixed-size header, as (type, value).
 fn attributes(
@@ -53,7 +61,9 @@ pub(crate) fn link(payload: &[u8]) -> Result<Link, DecodeError> {
         up: header.flags.contains(LinkFlags::Up),
         kind: None,
         peer_index: None,
+        vxlan: None,
     };
+    let mut info_data = None;
     for attribute in attributes(payload, header.buffer_len()) {
         match attribute? {
             (libc::IFLA_IFNAME, value) => link.name = parse_string(value)?,
@@ -62,15 +72,44 @@ pub(crate) fn link(payload: &[u8]) -> Result<Link, DecodeError> {
             (libc::IFLA_LINK, value) => link.peer_index = Some(parse_u32(value)?),
             (libc::IFLA_LINKINFO, value) => {
                 for info in attributes(value, 0) {
-                    if let (libc::IFLA_INFO_KIND, kind) = info? {
-                        link.kind = Some(parse_string(kind)?);
+                    match info? {
+                        (libc::IFLA_INFO_KIND, kind) => link.kind = Some(parse_string(kind)?),
+                        (libc::IFLA_INFO_DATA, data) => info_data = Some(data),
+                        _ => {}
                     }
                 }
             }
             _ => {}
         }
     }
+    // IFLA_INFO_DATA's layout depends on the kind, which need not come first.
+    if let (Some("vxlan"), Some(data)) = (link.kind.as_deref(), info_data) {
+        link.vxlan = Some(vxlan(data)?);
+    }
     Ok(link)
+}
+
+/// A VXLAN device's `IFLA_INFO_DATA`.
+fn vxlan(data: &[u8]) -> Result<VxlanInfo, DecodeError> {
+    let mut info = VxlanInfo {
+        vni: 0,
+        port: 0,
+        local: None,
+        parent_index: None,
+        // Always reported; should it be missing, the kernel's default (learning) applies.
+        learning: true,
+    };
+    for attribute in attributes(data, 0) {
+        match attribute? {
+            (IFLA_VXLAN_ID, value) => info.vni = parse_u32(value)?,
+            (IFLA_VXLAN_LINK, value) => info.parent_index = Some(parse_u32(value)?),
+            (IFLA_VXLAN_LOCAL | IFLA_VXLAN_LOCAL6, value) => info.local = Some(parse_ip(value)?),
+            (IFLA_VXLAN_LEARNING, value) => info.learning = parse_u8(value)? != 0,
+            (IFLA_VXLAN_PORT, value) => info.port = parse_u16_be(value)?,
+            _ => {}
+        }
+    }
+    Ok(info)
 }
 
 /// An `RTM_NEWADDR` payload as (link index, address/prefix).
@@ -91,14 +130,24 @@ pub(crate) fn address(payload: &[u8]) -> Result<Option<(u32, IpNet)>, DecodeErro
     }
 }
 
-/// An `RTM_NEWROUTE` payload, if it is a unicast route of the main table that
-/// [`Route`] can describe (not a cache clone, blackhole, local or broadcast route).
+/// An `RTM_NEWROUTE` payload, if it is a unicast or blackhole route of the main table that
+/// [`Route`] can describe (not a cache clone, local or broadcast route).
 pub(crate) fn main_table_route(payload: &[u8]) -> Result<Option<Route>, DecodeError> {
+    Ok(route(payload)?.filter(|r| r.table == Route::MAIN_TABLE))
+}
+
+/// An `RTM_NEWROUTE` / `RTM_DELROUTE` payload of any table, if [`Route`] can describe it.
+pub(crate) fn route(payload: &[u8]) -> Result<Option<Route>, DecodeError> {
     let header = RouteHeader::parse(payload)?;
     let Ok(scope) = RouteScope::try_from(u8::from(header.scope)) else {
         return Ok(None);
     };
-    if header.kind != RouteType::Unicast || header.flags.contains(RouteFlags::Cloned) {
+    let kind = match header.kind {
+        NlRouteType::Unicast => RouteType::Unicast,
+        NlRouteType::BlackHole => RouteType::Blackhole,
+        _ => return Ok(None),
+    };
+    if header.flags.contains(RouteFlags::Cloned) {
         return Ok(None);
     }
     let unspecified = match header.address_family {
@@ -117,8 +166,10 @@ pub(crate) fn main_table_route(payload: &[u8]) -> Result<Option<Route>, DecodeEr
             _ => {}
         }
     }
-    if table != Route::MAIN_TABLE {
-        return Ok(None);
+    if kind == RouteType::Blackhole {
+        // IPv6 reports its blackholes as "dev lo", an internal detail; a blackhole read back
+        // must equal the one that was written.
+        (gateway, oif) = (None, None);
     }
     Ok(Some(Route {
         destination: ip_net(destination, header.destination_prefix_length)?,
@@ -127,6 +178,8 @@ pub(crate) fn main_table_route(payload: &[u8]) -> Result<Option<Route>, DecodeEr
         scope,
         table,
         protocol: header.protocol.into(),
+        kind,
+        onlink: header.flags.contains(RouteFlags::Onlink),
     }))
 }
 
@@ -152,12 +205,36 @@ pub(crate) fn neighbour(payload: &[u8]) -> Result<Option<Neighbour>, DecodeError
     }))
 }
 
+/// An `AF_BRIDGE` `RTM_NEWNEIGH` payload, if it is an entry the device holds itself
+/// (`NTF_SELF`; the rest belong to the bridge it is enslaved to) and has a MAC.
+pub(crate) fn fdb_entry(payload: &[u8]) -> Result<Option<FdbEntry>, DecodeError> {
+    let header = NeighbourHeader::parse(payload)?;
+    if header.family != AddressFamily::Bridge || !header.flags.contains(NeighbourFlags::Own) {
+        return Ok(None);
+    }
+    let (mut lladdr, mut dst) = (None, None);
+    for attribute in attributes(payload, header.buffer_len()) {
+        match attribute? {
+            (libc::NDA_LLADDR, value) => lladdr = mac(value),
+            (libc::NDA_DST, value) => dst = Some(parse_ip(value)?),
+            _ => {}
+        }
+    }
+    Ok(lladdr.map(|mac| FdbEntry {
+        index: header.ifindex,
+        mac,
+        dst,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use netlink_packet_core::Emitable;
     use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-    use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, Stats64};
+    use netlink_packet_route::link::{
+        InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage, Stats64,
+    };
     use netlink_packet_route::neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
     };
@@ -194,6 +271,7 @@ mod tests {
                 up: true,
                 kind: Some("veth".into()),
                 peer_index: Some(3),
+                vxlan: None,
             }
         );
         // Not 6 bytes (e.g. an IPIP tunnel's IPv4 "address"): no MAC.
@@ -201,6 +279,47 @@ mod tests {
         msg.header.flags = LinkFlags::empty();
         let tunnel = link(&bytes(&msg)).unwrap();
         assert_eq!((tunnel.mac, tunnel.up, tunnel.kind), (None, false, None));
+    }
+
+    #[test]
+    fn vxlan_settings_are_read_from_info_data() {
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName("vxlan.margay".into()),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(vec![
+                    InfoVxlan::Id(4096),
+                    InfoVxlan::Local("192.0.2.10".parse().unwrap()),
+                    InfoVxlan::Link(2),
+                    InfoVxlan::Ttl(0),
+                    InfoVxlan::Learning(false),
+                    InfoVxlan::Port(4789),
+                ])),
+            ]),
+        ];
+        assert_eq!(
+            link(&bytes(&msg)).unwrap().vxlan,
+            Some(VxlanInfo {
+                vni: 4096,
+                port: 4789,
+                local: Some("192.0.2.10".parse().unwrap()),
+                parent_index: Some(2),
+                learning: false,
+            })
+        );
+        msg.attributes = vec![LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(1),
+                InfoVxlan::Local6("fd00::a".parse().unwrap()),
+                InfoVxlan::Learning(true),
+                InfoVxlan::Port(8472),
+            ])),
+        ])];
+        let info = link(&bytes(&msg)).unwrap().vxlan.unwrap();
+        assert_eq!(info.local, Some("fd00::a".parse().unwrap()));
+        assert_eq!((info.parent_index, info.learning), (None, true));
     }
 
     #[test]
@@ -227,7 +346,7 @@ mod tests {
         );
     }
 
-    fn route_msg(table: u8, kind: RouteType) -> RouteMessage {
+    fn route_msg(table: u8, kind: NlRouteType) -> RouteMessage {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.table = table;
@@ -244,7 +363,7 @@ mod tests {
 
     #[test]
     fn default_route_of_the_main_table() {
-        let msg = route_msg(254, RouteType::Unicast);
+        let msg = route_msg(254, NlRouteType::Unicast);
         assert_eq!(
             main_table_route(&bytes(&msg)).unwrap(),
             Some(Route {
@@ -254,6 +373,8 @@ mod tests {
                 scope: RouteScope::Universe,
                 table: 254,
                 protocol: 3,
+                kind: RouteType::Unicast,
+                onlink: false,
             })
         );
     }
@@ -261,21 +382,55 @@ mod tests {
     #[test]
     fn other_tables_types_and_clones_are_skipped() {
         for msg in [
-            route_msg(255, RouteType::Unicast),
-            route_msg(254, RouteType::BlackHole),
+            route_msg(255, NlRouteType::Unicast),
+            route_msg(254, NlRouteType::Local),
+            route_msg(254, NlRouteType::Unreachable),
             {
-                let mut m = route_msg(254, RouteType::Unicast);
+                let mut m = route_msg(254, NlRouteType::Unicast);
                 m.header.flags = RouteFlags::Cloned;
                 m
             },
             {
-                let mut m = route_msg(254, RouteType::Unicast);
+                let mut m = route_msg(254, NlRouteType::Unicast);
                 m.header.scope = NlScope::Site;
                 m
             },
         ] {
             assert_eq!(main_table_route(&bytes(&msg)).unwrap(), None, "{msg:?}");
         }
+        // Other tables are still routes, for the monitor.
+        let local = route(&bytes(&route_msg(255, NlRouteType::Unicast))).unwrap();
+        assert_eq!(local.map(|r| r.table), Some(255));
+    }
+
+    #[test]
+    fn blackhole_has_no_nexthop_even_when_reported_via_lo() {
+        let mut msg = route_msg(254, NlRouteType::BlackHole);
+        msg.header.address_family = AddressFamily::Inet6;
+        msg.header.destination_prefix_length = 64;
+        msg.header.protocol = RouteProtocol::from(77);
+        msg.attributes = vec![
+            RouteAttribute::Destination(RouteAddress::Inet6("fd00:65::".parse().unwrap())),
+            RouteAttribute::Oif(1),
+        ];
+        assert_eq!(
+            main_table_route(&bytes(&msg)).unwrap(),
+            Some(Route {
+                kind: RouteType::Blackhole,
+                protocol: Route::PROTO_MARGAY,
+                ..Route::new("fd00:65::/64".parse().unwrap())
+            })
+        );
+    }
+
+    #[test]
+    fn onlink_flag_is_read_among_others() {
+        let mut msg = route_msg(254, NlRouteType::Unicast);
+        msg.header.flags = RouteFlags::Onlink | RouteFlags::Linkdown;
+        let route = main_table_route(&bytes(&msg)).unwrap().unwrap();
+        assert!(route.onlink);
+        msg.header.flags = RouteFlags::Linkdown;
+        assert!(!main_table_route(&bytes(&msg)).unwrap().unwrap().onlink);
     }
 
     #[test]
@@ -284,7 +439,7 @@ mod tests {
         msg.header.address_family = AddressFamily::Inet6;
         msg.header.destination_prefix_length = 128;
         msg.header.table = 254;
-        msg.header.kind = RouteType::Unicast;
+        msg.header.kind = NlRouteType::Unicast;
         msg.header.scope = NlScope::Link;
         msg.attributes = vec![
             RouteAttribute::Destination(RouteAddress::Inet6("fd00::7".parse().unwrap())),
@@ -317,6 +472,33 @@ mod tests {
         );
         msg.header.family = AddressFamily::Bridge;
         assert_eq!(neighbour(&bytes(&msg)).unwrap(), None);
+    }
+
+    #[test]
+    fn fdb_entries_of_the_device_itself() {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = 5;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes = vec![
+            NeighbourAttribute::LinkLayerAddress(vec![0x66, 0, 0, 0, 0, 1]),
+            NeighbourAttribute::Destination(NeighbourAddress::Other(vec![192, 0, 2, 7])),
+        ];
+        assert_eq!(
+            fdb_entry(&bytes(&msg)).unwrap(),
+            Some(FdbEntry {
+                index: 5,
+                mac: [0x66, 0, 0, 0, 0, 1],
+                dst: Some("192.0.2.7".parse().unwrap()),
+            })
+        );
+        // The bridge's entries for a port, and ARP entries, are not the device's.
+        msg.header.flags = NeighbourFlags::Controller;
+        assert_eq!(fdb_entry(&bytes(&msg)).unwrap(), None);
+        msg.header.flags = NeighbourFlags::Own;
+        msg.header.family = AddressFamily::Inet;
+        assert_eq!(fdb_entry(&bytes(&msg)).unwrap(), None);
     }
 
     #[test]

@@ -83,6 +83,19 @@ pub(crate) fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> 
     bytes
 }
 
+/// Encodes a request whose payload netlink-packet-route cannot express: `payload` under
+/// message type `kind`, with `NLM_F_REQUEST | flags` and sequence number `seq`.
+pub(crate) fn encode_raw(kind: u16, payload: &[u8], flags: u16, seq: u32) -> Vec<u8> {
+    let mut bytes = vec![0; HEADER_LEN + payload.len()];
+    let mut buf = NetlinkBuffer::new(&mut bytes[..]);
+    buf.set_length((HEADER_LEN + payload.len()) as u32);
+    buf.set_message_type(kind);
+    buf.set_flags(NLM_F_REQUEST | flags);
+    buf.set_sequence_number(seq);
+    bytes[HEADER_LEN..].copy_from_slice(payload);
+    bytes
+}
+
 /// Rewrites the sequence number of an encoded request (to resend it).
 pub(crate) fn set_seq(request: &mut [u8], seq: u32) {
     NetlinkBuffer::new(request).set_sequence_number(seq);
@@ -141,6 +154,25 @@ pub(crate) fn read_datagram(
     Ok(false)
 }
 
+/// Hands each data message of a multicast datagram (type, payload) to `on_msg`. Unlike
+/// [`read_datagram`], sequence numbers are not checked: a notification carries the number of
+/// whichever request, from whichever socket, caused it.
+pub(crate) fn read_notifications(data: &[u8], on_msg: &mut OnMessage<'_>) -> Result<(), Failure> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let msg = NetlinkBuffer::new_checked(rest)?;
+        match msg.message_type() {
+            NLMSG_NOOP | NLMSG_DONE | NLMSG_ERROR => {}
+            NLMSG_OVERRUN => return Err(Failure::Malformed("NLMSG_OVERRUN".into())),
+            kind => on_msg(kind, msg.payload())?,
+        }
+        rest = rest
+            .get((msg.length() as usize).next_multiple_of(4)..)
+            .unwrap_or_default();
+    }
+    Ok(())
+}
+
 fn status(payload: &[u8]) -> Result<i32, DecodeError> {
     parse_i32(payload.get(..4).ok_or("short NLMSG_ERROR/NLMSG_DONE")?)
 }
@@ -171,7 +203,7 @@ fn extack(flags: u16, payload: &[u8], echoes_request: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::NLM_F_ACK;
+    use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP};
     use netlink_packet_route::link::LinkMessage;
     use nix::libc;
 
@@ -222,6 +254,35 @@ mod tests {
         let mut bytes = bytes;
         set_seq(&mut bytes, 8);
         assert_eq!(NetlinkBuffer::new(&bytes[..]).sequence_number(), 8);
+    }
+
+    #[test]
+    fn encode_raw_frames_any_payload() {
+        let bytes = encode_raw(libc::RTM_GETNEIGH, &[7; 16], NLM_F_DUMP, 3);
+        let buf = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
+        assert_eq!(buf.length(), 32);
+        assert_eq!(buf.message_type(), libc::RTM_GETNEIGH);
+        assert_eq!(buf.flags(), NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(buf.sequence_number(), 3);
+        assert_eq!(buf.payload(), &[7; 16]);
+    }
+
+    #[test]
+    fn notifications_of_any_sequence_number_are_read() {
+        let mut data = msg(libc::RTM_NEWROUTE, 0, 0, &[1; 12]);
+        data.extend(msg(libc::RTM_DELROUTE, 0, 42, &[2; 12]));
+        let mut seen = Vec::new();
+        read_notifications(&data, &mut |kind, payload| {
+            seen.push((kind, payload[0]));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [(libc::RTM_NEWROUTE, 1), (libc::RTM_DELROUTE, 2)]);
+        let overrun = msg(NLMSG_OVERRUN, 0, 0, &[]);
+        assert!(matches!(
+            read_notifications(&overrun, &mut |_, _| Ok(())),
+            Err(Failure::Malformed(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,364 @@
+//! The agent's loop: register, then sync (read the model, plan, diff, apply) whenever the
+//! datastore changes and on a timer; on a datastore outage keep what is programmed, report
+//! not-ready and retry with backoff.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::stream::{select_all, StreamExt};
+use ipnet::{IpNet, Ipv4Net};
+use margay_client::Client;
+use margay_datastore::{Query, SharedDatastore};
+use margay_nft::{Applier, NftCommand};
+use margay_sys::netlink::RouteSocket;
+use serde_json::json;
+
+use crate::config::{AgentOptions, IpChoice};
+use crate::http::{self, Health};
+use crate::kernel::{Kernel, LinuxKernel};
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::plan::{self, Host, Plan, RouteTarget};
+use crate::reconcile;
+use crate::{autodetect, register, Error};
+
+/// The kinds whose changes can change the plan.
+const WATCHED: [&str; 5] = [
+    "IPPool",
+    "Node",
+    "IPAMBlock",
+    "WorkloadEndpoint",
+    "AgentConfiguration",
+];
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Changes usually come in bursts (a pod: block, handle, endpoint); one sync takes them all.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+/// What one sync did.
+#[derive(Debug, Clone, Default)]
+pub struct SyncReport {
+    pub ops: usize,
+    pub errors: Vec<String>,
+    pub plan: Plan,
+    /// The pools as `node status` shows them.
+    pub pools: Vec<serde_json::Value>,
+}
+
+/// The interface that holds `ip`, and its MTU.
+pub fn uplink_of(ip: IpAddr) -> Result<(String, u32), Error> {
+    let mut sock = RouteSocket::new()?;
+    let index = sock
+        .addresses(None)?
+        .into_iter()
+        .find(|(_, a)| a.addr() == ip)
+        .map(|(i, _)| i)
+        .ok_or_else(|| Error::Config(format!("no interface on this host has address {ip}")))?;
+    let link = sock
+        .link_by_index(index)?
+        .ok_or_else(|| Error::Config(format!("interface {index} vanished")))?;
+    Ok((link.name, link.mtu))
+}
+
+fn write_state(dir: &Path, name: &str, value: &str) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Io(format!("writing {}: {e}", dir.join(name).display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, format!("{value}\n")).map_err(io)?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(io)
+}
+
+fn resolve_ip(choice: &IpChoice) -> Result<Ipv4Net, Error> {
+    match choice {
+        IpChoice::Fixed(net) => Ok(*net),
+        IpChoice::Detect(method) => match autodetect::detect(method, false)
+            .map_err(|e| Error::Config(format!("IP autodetection: {e}")))?
+        {
+            IpNet::V4(v4) => Ok(v4),
+            IpNet::V6(v6) => Err(Error::Config(format!(
+                "IP autodetection found {v6}, an IPv6 address; use --ip"
+            ))),
+        },
+    }
+}
+
+/// One pass: model → plan → diff → apply. Kernel errors are counted and reported, not fatal.
+pub async fn sync_once<K: Kernel>(
+    client: &Client,
+    host: &Host,
+    kernel: &mut K,
+) -> Result<SyncReport, Error> {
+    let mut model = Model::load(client, &host.node).await?;
+    if register::ensure_tunnels(client, &model, &host.node).await? {
+        model = Model::load(client, &host.node).await?;
+    }
+    let plan = plan::plan(&model, host);
+    let observed = kernel.observe()?;
+    let ops = reconcile::diff(&plan, &observed);
+    let mut errors = Vec::new();
+    for op in &ops {
+        if let Err(e) = kernel.apply(op) {
+            tracing::warn!(?op, error = %e, "applying");
+            errors.push(format!("{}: {e}", op.kind()));
+        }
+    }
+    let pools = model
+        .pools
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.metadata.name,
+                "cidr": p.spec.cidr.to_string(),
+                "vxlanMode": p.spec.vxlan_mode,
+                "ipipMode": p.spec.ipip_mode,
+                "natOutgoing": p.spec.nat_outgoing,
+                "disabled": p.spec.disabled,
+            })
+        })
+        .collect();
+    Ok(SyncReport {
+        ops: ops.len(),
+        errors,
+        plan,
+        pools,
+    })
+}
+
+fn status_json(
+    host: &Host,
+    report: &SyncReport,
+    took: Duration,
+    errors: &[String],
+) -> serde_json::Value {
+    let model_plan = &report.plan;
+    let remote = model_plan
+        .routes
+        .iter()
+        .filter(|r| matches!(r.target, RouteTarget::Via { .. }))
+        .count();
+    let local_blocks = model_plan
+        .routes
+        .iter()
+        .filter(|r| matches!(r.target, RouteTarget::Blackhole))
+        .count();
+    let workloads = model_plan
+        .routes
+        .iter()
+        .filter(|r| matches!(r.target, RouteTarget::Device { .. }))
+        .count();
+    json!({
+        "node": host.node,
+        "ip": host.ip.to_string(),
+        "uplink": host.uplink,
+        "vxlan": model_plan.vxlan,
+        "ipip": model_plan.ipip,
+        "podMTU": model_plan.pod_mtu,
+        "remoteRoutes": remote,
+        "localBlocks": local_blocks,
+        "localWorkloads": workloads,
+        "vxlanPeers": model_plan.fdb.len(),
+        "pools": report.pools,
+        "ready": true,
+        "lastSync": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "lastSyncSeconds": took.as_secs_f64(),
+        "errors": errors,
+        "warnings": model_plan.warnings,
+    })
+}
+
+/// Waits until something watched changes after `revision`, or `timeout` passes. Returns
+/// when the change arrived, if one did.
+async fn wait_for_change(
+    ds: &SharedDatastore,
+    revision: i64,
+    timeout: Duration,
+) -> Option<Instant> {
+    let mut streams = Vec::new();
+    for kind in WATCHED {
+        match ds.watch(&Query::kind(kind), revision).await {
+            Ok(s) => streams.push(s),
+            // Compacted or unreachable: resync now; the loop handles the outage.
+            Err(_) => return None,
+        }
+    }
+    let mut all = select_all(streams);
+    match tokio::time::timeout(timeout, all.next()).await {
+        Ok(Some(Ok(_))) => {
+            let arrived = Instant::now();
+            tokio::time::sleep(DEBOUNCE).await;
+            Some(arrived)
+        }
+        _ => None,
+    }
+}
+
+/// Runs until the process is stopped; returns only on a start-up error.
+pub async fn run(opts: AgentOptions) -> Result<(), Error> {
+    let ds = margay_datastore::connect(&opts.datastore, &opts.connect).await?;
+    let client = Client::new(ds.clone());
+    let ip = resolve_ip(&opts.ip)?;
+    let (uplink, uplink_mtu) = uplink_of(IpAddr::V4(ip.addr()))?;
+    let host = Host {
+        node: opts.node.clone(),
+        ip,
+        uplink,
+        uplink_mtu,
+    };
+    register::register(&client, &opts.node, ip).await?;
+    write_state(&opts.state_dir, "nodename", &opts.node)?;
+    let config = Model::load(&client, &opts.node).await?.config;
+    let health = Health::new();
+    let metrics = Metrics::new();
+    let health_addr = opts.health_addr.or_else(|| {
+        config.health_enabled().then(|| {
+            let host: IpAddr = config
+                .health_host()
+                .parse()
+                .unwrap_or([127, 0, 0, 1].into());
+            SocketAddr::new(host, config.health_port())
+        })
+    });
+    let metrics_addr = opts.metrics_addr.or_else(|| {
+        config
+            .prometheus_metrics_enabled()
+            .then(|| SocketAddr::new([0, 0, 0, 0].into(), config.prometheus_metrics_port()))
+    });
+    if let Some(addr) = health_addr {
+        let (_, serve) = http::bind_health(addr, health.clone())
+            .await
+            .map_err(|e| Error::Io(format!("health endpoint {addr}: {e}")))?;
+        tokio::spawn(serve);
+    }
+    if let Some(addr) = metrics_addr {
+        let (_, serve) = http::bind_metrics(addr, metrics.clone())
+            .await
+            .map_err(|e| Error::Io(format!("metrics endpoint {addr}: {e}")))?;
+        tokio::spawn(serve);
+    }
+    let resync = opts
+        .resync_interval
+        .unwrap_or(config.route_refresh_interval());
+    tracing::info!(node = %host.node, ip = %host.ip, uplink = %host.uplink, "agent started");
+    let mut kernel = LinuxKernel::new()?;
+    let mut nft = Applier::new(NftCommand::default());
+    run_loop(
+        &ds,
+        &client,
+        &host,
+        &opts,
+        &mut kernel,
+        &mut nft,
+        &health,
+        &metrics,
+        resync,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_loop(
+    ds: &SharedDatastore,
+    client: &Client,
+    host: &Host,
+    opts: &AgentOptions,
+    kernel: &mut LinuxKernel,
+    nft: &mut Applier<NftCommand>,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    resync: Duration,
+) -> Result<(), Error> {
+    let mut backoff = Duration::from_millis(250);
+    let mut pod_mtu = 0;
+    let mut change_arrived: Option<Instant> = None;
+    let mut last_status = json!({"node": host.node, "ready": false});
+    loop {
+        health.heartbeat();
+        let revision = match ds.revision().await {
+            Ok(r) => r,
+            Err(e) => {
+                outage(
+                    health,
+                    metrics,
+                    &mut last_status,
+                    &e.to_string(),
+                    &mut backoff,
+                )
+                .await;
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let report = match sync_once(client, host, kernel).await {
+            Ok(r) => r,
+            Err(e @ (Error::Datastore(_) | Error::Connect(_) | Error::Ipam(_))) => {
+                outage(
+                    health,
+                    metrics,
+                    &mut last_status,
+                    &e.to_string(),
+                    &mut backoff,
+                )
+                .await;
+                continue;
+            }
+            Err(e) => {
+                // The kernel could not even be read: count it, say so, retry.
+                metrics.apply_error("link");
+                health.set_ready(false, e.to_string());
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let mut errors = report.errors.clone();
+        for e in &report.errors {
+            metrics.apply_error(e.split(':').next().unwrap_or("route"));
+        }
+        if let Err(e) = nft.apply(&report.plan.nat) {
+            metrics.apply_error("nft");
+            errors.push(format!("nft: {e}"));
+        }
+        if report.plan.pod_mtu != pod_mtu {
+            write_state(&opts.state_dir, "mtu", &report.plan.pod_mtu.to_string())?;
+            pod_mtu = report.plan.pod_mtu;
+        }
+        let took = started.elapsed();
+        metrics.observe_sync(took.as_secs_f64());
+        let p = &report.plan;
+        metrics.set_programmed(
+            p.routes.len() as u64,
+            p.fdb.len() as u64,
+            p.neighbours.len() as u64,
+        );
+        last_status = status_json(host, &report, took, &errors);
+        health.set_status(last_status.clone());
+        // From a datastore change arriving to the kernel reflecting it.
+        if let Some(arrived) = change_arrived.take() {
+            metrics.observe_watch_lag(arrived.elapsed().as_secs_f64());
+        }
+        health.set_ready(true, "in sync");
+        backoff = Duration::from_millis(250);
+        if report.ops > 0 {
+            tracing::info!(ops = report.ops, errors = errors.len(), ?took, "synced");
+        }
+        change_arrived = wait_for_change(ds, revision, resync).await;
+    }
+}
+
+async fn outage(
+    health: &Health,
+    metrics: &Metrics,
+    status: &mut serde_json::Value,
+    why: &str,
+    backoff: &mut Duration,
+) {
+    tracing::warn!(error = why, retry_in = ?backoff, "datastore unavailable; keeping what is programmed");
+    metrics.apply_error("datastore");
+    let reason = format!("datastore unavailable: {why}");
+    status["ready"] = json!(false);
+    status["notReady"] = json!(reason);
+    health.set_status(status.clone());
+    health.set_ready(false, reason);
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}

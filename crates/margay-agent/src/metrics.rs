@@ -1,0 +1,179 @@
+//! The agent's Prometheus metrics, exposed on `/metrics` by [`crate::http::bind_metrics`].
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds, in seconds, for both histograms: a no-op sync takes ~100 µs, a full resync
+/// of a large cluster a few seconds, and anything past 10 s is simply "too slow".
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The `kind` values of `margay_agent_apply_errors_total`, exported at 0 from the start so
+/// that `rate()` and alerts see the series before the first error.
+const ERROR_KINDS: [&str; 6] = ["route", "fdb", "neighbour", "link", "nft", "datastore"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: String,
+}
+
+/// The agent's metrics. Every update is a few atomic operations, so the sync loop calls them
+/// inline.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    sync_duration: Histogram,
+    watch_lag: Histogram,
+    routes: Gauge<u64, AtomicU64>,
+    fdb: Gauge<u64, AtomicU64>,
+    neighbours: Gauge<u64, AtomicU64>,
+    apply_errors: Family<ErrorLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let sync_duration = Histogram::new(SECONDS_BUCKETS);
+        registry.register(
+            "margay_agent_sync_duration_seconds",
+            "Time taken by one sync: reading the model, planning and applying the difference",
+            sync_duration.clone(),
+        );
+        let watch_lag = Histogram::new(SECONDS_BUCKETS);
+        registry.register(
+            "margay_agent_watch_lag_seconds",
+            "Time from a datastore event arriving to its change being applied to the kernel",
+            watch_lag.clone(),
+        );
+        let routes = Gauge::default();
+        registry.register(
+            "margay_agent_routes_programmed",
+            "Routes the agent has programmed in the kernel",
+            routes.clone(),
+        );
+        let fdb = Gauge::default();
+        registry.register(
+            "margay_agent_fdb_entries_programmed",
+            "VXLAN forwarding database entries the agent has programmed",
+            fdb.clone(),
+        );
+        let neighbours = Gauge::default();
+        registry.register(
+            "margay_agent_neighbours_programmed",
+            "Neighbour (ARP/NDP) entries the agent has programmed",
+            neighbours.clone(),
+        );
+        let apply_errors = Family::<ErrorLabels, Counter>::default();
+        // Registered without the suffix: the OpenMetrics encoder appends `_total` to counters.
+        registry.register(
+            "margay_agent_apply_errors",
+            "Failures applying a change, by kind of object",
+            apply_errors.clone(),
+        );
+        for kind in ERROR_KINDS {
+            let _ = apply_errors.get_or_create(&ErrorLabels { kind: kind.into() });
+        }
+        Arc::new(Metrics {
+            registry,
+            sync_duration,
+            watch_lag,
+            routes,
+            fdb,
+            neighbours,
+            apply_errors,
+        })
+    }
+
+    pub fn observe_sync(&self, seconds: f64) {
+        self.sync_duration.observe(seconds);
+    }
+
+    pub fn set_programmed(&self, routes: u64, fdb: u64, neighbours: u64) {
+        self.routes.set(routes);
+        self.fdb.set(fdb);
+        self.neighbours.set(neighbours);
+    }
+
+    /// Time from a datastore event arriving to its change being applied.
+    pub fn observe_watch_lag(&self, seconds: f64) {
+        self.watch_lag.observe(seconds);
+    }
+
+    /// Counts one failure; `kind` is one of "route", "fdb", "neighbour", "link", "nft",
+    /// "datastore".
+    pub fn apply_error(&self, kind: &str) {
+        self.apply_errors
+            .get_or_create(&ErrorLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition (ending in `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String cannot fail: gauges stay below i64::MAX");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exposed_from_the_start() {
+        let text = Metrics::new().encode();
+        for name in [
+            "# TYPE margay_agent_sync_duration_seconds histogram",
+            "# TYPE margay_agent_watch_lag_seconds histogram",
+            "margay_agent_routes_programmed 0",
+            "margay_agent_fdb_entries_programmed 0",
+            "margay_agent_neighbours_programmed 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        for kind in ERROR_KINDS {
+            let line = format!("margay_agent_apply_errors_total{{kind=\"{kind}\"}} 0\n");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn updates_show_in_the_exposition() {
+        let metrics = Metrics::new();
+        metrics.observe_sync(0.0003);
+        metrics.observe_sync(2.0);
+        metrics.observe_watch_lag(0.02);
+        metrics.set_programmed(12, 3, 4);
+        metrics.apply_error("route");
+        metrics.apply_error("route");
+        metrics.apply_error("nft");
+        let text = metrics.encode();
+        for line in [
+            "margay_agent_sync_duration_seconds_count 2\n",
+            "margay_agent_sync_duration_seconds_sum 2.0003\n",
+            "margay_agent_sync_duration_seconds_bucket{le=\"0.0005\"} 1\n",
+            "margay_agent_sync_duration_seconds_bucket{le=\"2.5\"} 2\n",
+            "margay_agent_watch_lag_seconds_bucket{le=\"0.01\"} 0\n",
+            "margay_agent_watch_lag_seconds_bucket{le=\"0.025\"} 1\n",
+            "margay_agent_routes_programmed 12\n",
+            "margay_agent_fdb_entries_programmed 3\n",
+            "margay_agent_neighbours_programmed 4\n",
+            "margay_agent_apply_errors_total{kind=\"route\"} 2\n",
+            "margay_agent_apply_errors_total{kind=\"nft\"} 1\n",
+            "margay_agent_apply_errors_total{kind=\"fdb\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! The node agent across three "nodes": network namespaces joined by a bridge in a fourth
+//! (no path to the host's network), each running `margay node run` against one shared
+//! datastore, with pods wired by the CNI plugin inside each node. VXLAN carries pod traffic
+//! between nodes; routes, neighbours and FDB entries must be exactly what the plan says; an
+//! agent restart must not change a single route.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+#[path = "support/uplink.rs"]
+mod uplink;
+
+const BIN: &str = env!("CARGO_BIN_EXE_margay");
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn unique(tag: &str) -> String {
+    format!(
+        "mga{tag}{}x{}",
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        ok(Command::new("ip").args(["netns", "add", &name]));
+        Netns(name)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        ok(Command::new("ip").args(["-n", &self.0]).args(args))
+    }
+
+    fn json(&self, tool: &str, args: &[&str]) -> Value {
+        let out = ok(Command::new(tool).args(["-j", "-n", &self.0]).args(args));
+        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap()
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args))
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A running agent, killed on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Node {
+    name: String,
+    ns: Netns,
+    ip: String,
+    state: PathBuf,
+    agent: Option<Agent>,
+}
+
+struct Cluster {
+    // Nodes before the fabric: dropping a node's namespace removes its end of the link.
+    nodes: Vec<Node>,
+    fabric: Netns,
+    dir: tempfile::TempDir,
+    datastore: String,
+}
+
+impl Cluster {
+    fn new(count: usize, pool_yaml: &str) -> Cluster {
+        let fabric = Netns::new("f");
+        fabric.ip(&["link", "add", "br0", "type", "bridge"]);
+        fabric.ip(&["link", "set", "br0", "up"]);
+        let dir = tempfile::tempdir().unwrap();
+        let datastore = format!("sqlite://{}", dir.path().join("margay.db").display());
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            fabric,
+            dir,
+            datastore,
+        };
+        cluster.ctl_apply(pool_yaml);
+        for i in 0..count {
+            let ns = Netns::new("n");
+            // IPv4-only nodes: without IPv6, no link-local routes appear seconds after each
+            // link comes up, so the restart check below sees every route change and only those.
+            let v6_off = ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            let v6_default_off =
+                ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+            assert!(v6_off.status.success() && v6_default_off.status.success());
+            let port = format!("p{}{}", i, std::process::id() % 10_000);
+            ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", &port]);
+            ns.ip(&["link", "set", &port, "netns", &cluster.fabric.0]);
+            cluster.fabric.ip(&["link", "set", &port, "master", "br0"]);
+            cluster.fabric.ip(&["link", "set", &port, "up"]);
+            let ip = format!("192.168.77.{}", 11 + i);
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            uplink::add_dead_end_uplink(&ns.0);
+            let state = cluster.dir.path().join(format!("state{i}"));
+            cluster.nodes.push(Node {
+                name: format!("node{i}"),
+                ns,
+                ip,
+                state,
+                agent: None,
+            });
+        }
+        for i in 0..count {
+            cluster.start_agent(i);
+        }
+        cluster
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        run(Command::new(BIN)
+            .env_remove("CNI_COMMAND")
+            .arg("--datastore")
+            .arg(&self.datastore)
+            .args(args))
+    }
+
+    fn ctl_apply(&self, yaml: &str) {
+        let path = self.dir.path().join(format!("{}.yaml", unique("y")));
+        std::fs::write(&path, yaml).unwrap();
+        let out = self.ctl(&["apply", "-f", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start_agent(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let log = std::fs::File::create(self.dir.path().join(format!("agent{i}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &n.ns.0,
+                BIN,
+                "--datastore",
+                &self.datastore,
+            ])
+            .args(["node", "run", "--name", &n.name])
+            .args(["--ip", &format!("{}/24", n.ip)])
+            .arg("--state-dir")
+            .arg(&n.state)
+            .args([
+                "--health-addr",
+                "127.0.0.1:9099",
+                "--metrics-addr",
+                "127.0.0.1:9091",
+            ])
+            .args(["--resync-interval", "30s"])
+            .env_remove("CNI_COMMAND")
+            .env("MARGAY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        n.agent = Some(Agent(child));
+    }
+
+    fn stop_agent(&mut self, i: usize) {
+        self.nodes[i].agent = None;
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("agent{i}.log"))).unwrap_or_default()
+    }
+
+    /// `margay node status -o json` from inside the node.
+    fn status(&self, i: usize) -> Option<Value> {
+        let out = self.nodes[i]
+            .ns
+            .exec(&[BIN, "node", "status", "-o", "json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    fn http_get(&self, i: usize, url: &str) -> Option<String> {
+        let out = self.nodes[i]
+            .ns
+            .exec(&["busybox", "wget", "-q", "-O", "-", url]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            if Instant::now() > deadline {
+                let logs: Vec<String> = (0..self.nodes.len()).map(|i| self.log(i)).collect();
+                panic!(
+                    "timed out waiting for {what}\nagent logs:\n{}",
+                    logs.join("\n---\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wires a pod with the CNI plugin inside node `i`.
+    fn add_pod(&self, i: usize, name: &str) -> (Netns, String) {
+        let pod = Netns::new("p");
+        let n = &self.nodes[i];
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "margay",
+            "nodename": n.name, "datastore": self.datastore, "state_dir": n.state,
+            "ipam": {"type": "margay-ipam"},
+        });
+        let out = self.cni(i, "ADD", &conf, &pod, name);
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("ADD failed: {result}"))
+            .trim_end_matches("/32")
+            .to_owned();
+        (pod, ip)
+    }
+
+    fn del_pod(&self, i: usize, pod: &Netns, name: &str) {
+        let n = &self.nodes[i];
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "margay",
+            "nodename": n.name, "datastore": self.datastore, "state_dir": n.state,
+            "ipam": {"type": "margay-ipam"},
+        });
+        let out = self.cni(i, "DEL", &conf, pod, name);
+        assert!(
+            out.status.success(),
+            "DEL: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    fn cni(&self, i: usize, command: &str, conf: &Value, pod: &Netns, name: &str) -> Output {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.nodes[i].ns.0, BIN])
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("c{}", pod.0.replace('x', "")))
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/nonexistent")
+            .env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// The agent-owned routes of node `i`, as `dst → "dev X [via G] [onlink]" / "blackhole"`.
+    fn routes(&self, i: usize) -> BTreeSet<String> {
+        self.nodes[i]
+            .ns
+            .json("ip", &["route", "show", "proto", "77"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut s = r["dst"].as_str().unwrap().to_owned();
+                if r["type"] == "blackhole" {
+                    s.push_str(" blackhole");
+                }
+                if let Some(gw) = r["gateway"].as_str() {
+                    s.push_str(&format!(" via {gw}"));
+                }
+                if let Some(dev) = r["dev"].as_str() {
+                    s.push_str(&format!(" dev {dev}"));
+                }
+                if r["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.contains(&json!("onlink")))
+                {
+                    s.push_str(" onlink");
+                }
+                s
+            })
+            .collect()
+    }
+
+    fn node_json(&self, name: &str) -> Value {
+        let out = self.ctl(&["get", "node", name, "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn blocks_of(&self, node: &str) -> Vec<String> {
+        let out = self.ctl(&["get", "ipamblocks", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["spec"]["affinity"] == format!("host:{node}"))
+            .map(|b| b["spec"]["cidr"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+const VXLAN_POOL: &str = "apiVersion: margay.dev/v1\nkind: IPPool\nmetadata: {name: pool}\nspec: {cidr: 10.77.0.0/16, blockSize: 26, vxlanMode: Always, natOutgoing: true}\n";
+
+fn ping(from: &Netns, to: &str) -> bool {
+    from.exec(&["ping", "-c", "1", "-W", "2", to])
+        .status
+        .success()
+}
+
+#[test]
+fn three_nodes_over_vxlan() {
+    if !is_root() {
+        eprintln!("skipped: this test needs root (network namespaces)");
+        return;
+    }
+    let mut c = Cluster::new(3, VXLAN_POOL);
+    c.wait_until("all agents ready with two VXLAN peers", || {
+        (0..3).all(|i| {
+            c.status(i)
+                .is_some_and(|s| s["ready"] == true && s["vxlanPeers"] == 2)
+        })
+    });
+
+    // Every node registered with its address, a tunnel address and a VTEP MAC.
+    let mut tunnel = Vec::new();
+    let mut vtep = Vec::new();
+    for n in &c.nodes {
+        let node = c.node_json(&n.name);
+        assert_eq!(node["spec"]["bgp"]["ipv4Address"], format!("{}/24", n.ip));
+        tunnel.push(
+            node["spec"]["ipv4VXLANTunnelAddr"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        vtep.push(
+            node["spec"]["vxlanTunnelMACAddr"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        assert_eq!(
+            std::fs::read_to_string(n.state.join("mtu")).unwrap().trim(),
+            "1450"
+        );
+    }
+
+    let pods: Vec<(Netns, String)> = (0..3).map(|i| c.add_pod(i, &format!("pod{i}"))).collect();
+    c.wait_until("routes to every pod's block on every node", || {
+        (0..3).all(|i| {
+            let routes = c.routes(i);
+            (0..3).all(|j| {
+                i == j
+                    || c.blocks_of(&c.nodes[j].name)
+                        .iter()
+                        .all(|b| routes.iter().any(|r| r.starts_with(&format!("{b} via"))))
+            })
+        })
+    });
+    for (i, (pod, _)) in pods.iter().enumerate() {
+        for (j, (_, ip)) in pods.iter().enumerate() {
+            if i != j {
+                assert!(ping(pod, ip), "pod{i} cannot ping pod{j} ({ip})");
+            }
+        }
+    }
+    // TCP across nodes: busybox nc listens in pod 1, pod 0 sends.
+    let listener = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pods[1].0 .0,
+            "busybox",
+            "nc",
+            "-l",
+            "-p",
+            "5000",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut sender = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pods[0].0 .0,
+            "busybox",
+            "nc",
+            &pods[1].1,
+            "5000",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sender
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello over vxlan\n")
+        .unwrap();
+    let _ = sender.wait();
+    let got = listener.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "hello over vxlan\n");
+
+    // Node 0's dataplane is exactly the plan: its block blackholed, its pod's /32, each remote
+    // block via the remote tunnel address onlink over vxlan.margay, and one neighbour and one
+    // FDB entry per remote VTEP.
+    let mut expected: BTreeSet<String> = BTreeSet::new();
+    for b in c.blocks_of("node0") {
+        expected.insert(format!("{b} blackhole"));
+    }
+    let veth = {
+        let weps: Value =
+            serde_json::from_slice(&c.ctl(&["get", "wep", "-A", "-o", "json"]).stdout).unwrap();
+        weps["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["spec"]["node"] == "node0")
+            .unwrap()["spec"]["interfaceName"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    expected.insert(format!("{} dev {veth}", pods[0].1));
+    for (node, tunnel) in c.nodes.iter().zip(&tunnel).skip(1) {
+        for b in c.blocks_of(&node.name) {
+            expected.insert(format!("{b} via {tunnel} dev vxlan.margay onlink"));
+        }
+    }
+    assert_eq!(c.routes(0), expected);
+    let neigh = c.nodes[0]
+        .ns
+        .json("ip", &["neigh", "show", "dev", "vxlan.margay"]);
+    let neigh: BTreeSet<(String, String)> = neigh
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["dst"].as_str().unwrap().into(),
+                n["lladdr"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        neigh,
+        BTreeSet::from([
+            (tunnel[1].clone(), vtep[1].clone()),
+            (tunnel[2].clone(), vtep[2].clone())
+        ])
+    );
+    let fdb = c.nodes[0]
+        .ns
+        .json("bridge", &["fdb", "show", "dev", "vxlan.margay"]);
+    let fdb: BTreeSet<(String, String)> = fdb
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["mac"].as_str()?.into(), e["dst"].as_str()?.into())))
+        .collect();
+    assert_eq!(
+        fdb,
+        BTreeSet::from([
+            (vtep[1].clone(), c.nodes[1].ip.clone()),
+            (vtep[2].clone(), c.nodes[2].ip.clone())
+        ])
+    );
+    let link = &c.nodes[0]
+        .ns
+        .json("ip", &["-d", "link", "show", "vxlan.margay"])[0];
+    assert_eq!(link["mtu"], 1450);
+    assert_eq!(link["linkinfo"]["info_data"]["id"], 4096);
+    assert_eq!(link["linkinfo"]["info_data"]["port"], 4789);
+
+    // Health and metrics answer.
+    assert_eq!(
+        c.http_get(0, "http://127.0.0.1:9099/readiness")
+            .as_deref()
+            .map(str::trim),
+        Some("ready")
+    );
+    assert!(c.http_get(0, "http://127.0.0.1:9099/liveness").is_some());
+    let metrics = c.http_get(0, "http://127.0.0.1:9091/metrics").unwrap();
+    for name in [
+        "margay_agent_sync_duration_seconds",
+        "margay_agent_routes_programmed",
+        "margay_agent_fdb_entries_programmed",
+        "margay_agent_watch_lag_seconds",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    let status = c.nodes[0].ns.exec(&[BIN, "node", "status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("vxlan.margay vni 4096"), "{status}");
+
+    // NAT outgoing is programmed in the node's nftables.
+    let nft = c.nodes[0]
+        .ns
+        .exec(&["nft", "list", "table", "ip", "margay"]);
+    let nft = String::from_utf8_lossy(&nft.stdout);
+    assert!(
+        nft.contains("masquerade") && nft.contains("10.77.0.0/16"),
+        "{nft}"
+    );
+
+    // A restart changes no route: count route events in the node while the agent restarts.
+    let mut monitor = Command::new("ip")
+        .args(["-n", &c.nodes[0].ns.0, "monitor", "route"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.stop_agent(0);
+    c.start_agent(0);
+    c.wait_until("node0's agent ready again", || {
+        c.status(0).is_some_and(|s| s["ready"] == true)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = monitor.kill();
+    let events = monitor.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&events.stdout),
+        "",
+        "route events during an agent restart"
+    );
+    assert_eq!(c.routes(0), expected);
+
+    // Deleting a pod removes its route; deleting a node removes everything that was its.
+    let (pod0, _) = &pods[0];
+    c.del_pod(0, pod0, "pod0");
+    c.wait_until("pod0's route gone", || {
+        !c.routes(0)
+            .iter()
+            .any(|r| r.starts_with(&format!("{} ", pods[0].1)))
+    });
+    c.stop_agent(2);
+    assert!(c.ctl(&["delete", "node", "node2"]).status.success());
+    c.wait_until(
+        "node2's routes, neighbour and FDB entry gone from node0",
+        || {
+            let routes = c.routes(0);
+            let fdb = c.nodes[0]
+                .ns
+                .json("bridge", &["fdb", "show", "dev", "vxlan.margay"]);
+            !routes.iter().any(|r| r.contains(&tunnel[2]))
+                && !fdb.to_string().contains(&c.nodes[2].ip)
+        },
+    );
+    // What remains still works: node0 reaches pod1 on node1 through the tunnel.
+    assert!(
+        ping(&c.nodes[0].ns, &pods[1].1),
+        "node0 cannot reach pod1 any more"
+    );
+}
