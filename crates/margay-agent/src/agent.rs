@@ -33,6 +33,11 @@ const WATCHED: [&str; 5] = [
     "AgentConfiguration",
 ];
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A datastore that does not answer within this is treated as down (a hung connection
+/// must not freeze the loop or its liveness heartbeat).
+const DATASTORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole sync includes programming the kernel, which can be thousands of routes.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Changes usually come in bursts (a pod: block, handle, endpoint); one sync takes them all.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
@@ -274,7 +279,14 @@ async fn run_loop(
     let mut last_status = json!({"node": host.node, "ready": false});
     loop {
         health.heartbeat();
-        let revision = match ds.revision().await {
+        let revision = match tokio::time::timeout(DATASTORE_TIMEOUT, ds.revision())
+            .await
+            .unwrap_or_else(|_| {
+                Err(margay_datastore::Error::Backend {
+                    backend: "datastore",
+                    message: format!("no answer within {DATASTORE_TIMEOUT:?}"),
+                })
+            }) {
             Ok(r) => r,
             Err(e) => {
                 outage(
@@ -289,9 +301,12 @@ async fn run_loop(
             }
         };
         let started = Instant::now();
-        let report = match sync_once(client, host, kernel).await {
+        let synced = tokio::time::timeout(SYNC_TIMEOUT, sync_once(client, host, kernel)).await;
+        let report = match synced
+            .unwrap_or_else(|_| Err(Error::Io(format!("sync took longer than {SYNC_TIMEOUT:?}"))))
+        {
             Ok(r) => r,
-            Err(e @ (Error::Datastore(_) | Error::Connect(_) | Error::Ipam(_))) => {
+            Err(e @ (Error::Datastore(_) | Error::Connect(_) | Error::Ipam(_) | Error::Io(_))) => {
                 outage(
                     health,
                     metrics,

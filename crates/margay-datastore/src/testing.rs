@@ -39,16 +39,22 @@ impl EtcdServer {
     /// # Panics
     /// When the etcd binary is missing (run `scripts/setup.sh`) or etcd does not come up.
     pub fn start() -> EtcdServer {
-        Self::start_with(None)
+        Self::start_with(None, None)
+    }
+
+    /// Like [`EtcdServer::start`], also listening on `ip` (an address of the calling thread's
+    /// network namespace), for clients in other namespaces; see [`EtcdServer::url_on`].
+    pub fn start_on(ip: std::net::IpAddr) -> EtcdServer {
+        Self::start_with(None, Some(ip))
     }
 
     /// Like [`EtcdServer::start`], but clients must speak TLS and present a certificate
     /// signed by `tls.ca`; [`EtcdServer::url`] is then `etcds://…`.
     pub fn start_tls(tls: &ServerTls) -> EtcdServer {
-        Self::start_with(Some(tls))
+        Self::start_with(Some(tls), None)
     }
 
-    fn start_with(tls: Option<&ServerTls>) -> EtcdServer {
+    fn start_with(tls: Option<&ServerTls>, extra: Option<std::net::IpAddr>) -> EtcdServer {
         let binary = find_etcd().unwrap_or_else(|| {
             panic!(
                 "the etcd binary was found neither at /usr/bin/etcd nor on PATH: run \
@@ -59,7 +65,7 @@ impl EtcdServer {
         for _ in 0..START_ATTEMPTS {
             // Ports are picked by binding port 0 and releasing it; another process can grab
             // one in between, hence the retries.
-            match Self::try_start(&binary, tls) {
+            match Self::try_start(&binary, tls, extra) {
                 Ok(server) => return server,
                 Err(e) => failures.push(e),
             }
@@ -71,7 +77,11 @@ impl EtcdServer {
         );
     }
 
-    fn try_start(binary: &Path, tls: Option<&ServerTls>) -> Result<EtcdServer, String> {
+    fn try_start(
+        binary: &Path,
+        tls: Option<&ServerTls>,
+        extra: Option<std::net::IpAddr>,
+    ) -> Result<EtcdServer, String> {
         let client_port = free_port()?;
         let peer_port = free_port()?;
         // Health is probed over plain HTTP on the metrics listener, which stays plain when
@@ -82,7 +92,10 @@ impl EtcdServer {
         let log = std::fs::File::create(&log_path).map_err(|e| format!("etcd log: {e}"))?;
         let log_err = log.try_clone().map_err(|e| format!("etcd log: {e}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
+        let mut client_url = format!("{scheme}://127.0.0.1:{client_port}");
+        if let Some(ip) = extra {
+            client_url.push_str(&format!(",{scheme}://{ip}:{client_port}"));
+        }
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut command = Command::new(binary);
         if let Some(tls) = tls {
@@ -139,6 +152,17 @@ impl EtcdServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The datastore URL for clients reaching the server at `ip` (see [`EtcdServer::start_on`]).
+    pub fn url_on(&self, ip: std::net::IpAddr) -> String {
+        let scheme = if self.tls { "etcds" } else { "etcd" };
+        format!("{scheme}://{ip}:{}", self.client_port)
+    }
+
+    /// The PID of the etcd process (to pause it and see how clients cope with an outage).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The datastore URL, `etcd://127.0.0.1:PORT` (`etcds://` for a TLS server).
