@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::{select_all, StreamExt};
+use futures::FutureExt;
 use ipnet::{IpNet, Ipv4Net};
 use margay_client::Client;
 use margay_datastore::{Query, SharedDatastore};
@@ -38,8 +39,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const DATASTORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A whole sync includes programming the kernel, which can be thousands of routes.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
-/// Changes usually come in bursts (a pod: block, handle, endpoint); one sync takes them all.
-const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// What one sync did.
 #[derive(Debug, Clone, Default)]
@@ -191,7 +190,9 @@ async fn wait_for_change(
     match tokio::time::timeout(timeout, all.next()).await {
         Ok(Some(Ok(_))) => {
             let arrived = Instant::now();
-            tokio::time::sleep(DEBOUNCE).await;
+            // A burst (a pod: block, handle, endpoint) arrives together; take what is already
+            // here without waiting for more, so one sync covers it.
+            while let Some(Some(Ok(_))) = all.next().now_or_never() {}
             Some(arrived)
         }
         _ => None,

@@ -289,9 +289,12 @@ pub fn plan(model: &Model, host: &Host) -> Plan {
                 }
                 continue;
             }
+            // Blocks never overlap, so the only candidate is the last one starting at or
+            // before the address: a lookup, not a scan of every block per endpoint.
             let in_own_block = block_owner
-                .iter()
-                .any(|(cidr, owner)| *owner == s.node && cidr.contains(&host_net));
+                .range(..=host_net)
+                .next_back()
+                .is_some_and(|(cidr, owner)| *owner == s.node && cidr.contains(&host_net));
             if !in_own_block && host_net.addr().is_ipv4() {
                 route_to(&mut out, host_net, &s.node);
             }
