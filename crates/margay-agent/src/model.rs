@@ -2,17 +2,71 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::IpNet;
 use margay_api::{
-    AgentConfiguration, AgentConfigurationSpec, IPAMBlock, IPPool, Node, WorkloadEndpoint,
+    AgentConfiguration, AgentConfigurationSpec, IPPool, Kind, Node, WorkloadEndpoint,
 };
 use margay_client::Client;
+use margay_datastore::Query;
+use serde::Deserialize;
+
+/// What the plan needs of an IPAM block: where it is and whose it is. Blocks are large (every
+/// allocation's attributes); decoding only these two fields more than halves a sync's cost
+/// with a thousand blocks (docs/benchmarks.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockSummary {
+    pub cidr: IpNet,
+    /// `host:<node>`, as stored.
+    pub affinity: Option<String>,
+}
+
+impl BlockSummary {
+    pub fn host_affinity(&self) -> Option<&str> {
+        self.affinity.as_deref()?.strip_prefix("host:")
+    }
+}
+
+#[derive(Deserialize)]
+struct BlockDocument {
+    spec: BlockSpecSummary,
+}
+
+#[derive(Deserialize)]
+struct BlockSpecSummary {
+    cidr: IpNet,
+    #[serde(default)]
+    affinity: Option<String>,
+}
+
+async fn load_blocks(client: &Client) -> Result<(Vec<BlockSummary>, i64), margay_client::Error> {
+    let listed = client
+        .datastore()
+        .list(&Query::kind(Kind::IPAMBlock.name()))
+        .await?;
+    let blocks = listed
+        .items
+        .iter()
+        .map(|kv| {
+            serde_json::from_slice::<BlockDocument>(&kv.value)
+                .map(|doc| BlockSummary {
+                    cidr: doc.spec.cidr,
+                    affinity: doc.spec.affinity,
+                })
+                .map_err(|e| margay_client::Error::Corrupt {
+                    key: kv.key.clone(),
+                    message: e.to_string(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((blocks, listed.revision))
+}
 
 /// One consistent-enough view of the cluster (each kind read once, in one pass).
 #[derive(Debug, Clone, Default)]
 pub struct Model {
     pub pools: Vec<IPPool>,
     pub nodes: BTreeMap<String, Node>,
-    pub blocks: Vec<IPAMBlock>,
+    pub blocks: Vec<BlockSummary>,
     pub endpoints: Vec<WorkloadEndpoint>,
     /// This node's effective AgentConfiguration (`node.<name>` over `default` over defaults).
     pub config: AgentConfigurationSpec,
@@ -24,7 +78,7 @@ impl Model {
     pub async fn load(client: &Client, node: &str) -> Result<Model, margay_client::Error> {
         let (pools, r1) = client.list::<IPPool>(None).await?;
         let (nodes, r2) = client.list::<Node>(None).await?;
-        let (blocks, r3) = client.list::<IPAMBlock>(None).await?;
+        let (blocks, r3) = load_blocks(client).await?;
         let (endpoints, r4) = client.list::<WorkloadEndpoint>(None).await?;
         let (configs, r5) = client.list::<AgentConfiguration>(None).await?;
         let global = configs.iter().find(|c| c.metadata.name == "default");

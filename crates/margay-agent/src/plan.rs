@@ -260,7 +260,7 @@ pub fn plan(model: &Model, host: &Host) -> Plan {
         let Some(owner) = block.host_affinity() else {
             continue;
         };
-        let cidr = block.spec.cidr;
+        let cidr = block.cidr;
         block_owner.insert(cidr, owner);
         if owner == me {
             out.routes.insert(RouteSpec {

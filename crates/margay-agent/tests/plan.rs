@@ -5,12 +5,12 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use margay_agent::model::Model;
+use margay_agent::model::{BlockSummary, Model};
 use margay_agent::plan::{self, Host, Plan, RouteSpec, RouteTarget, VXLAN_DEVICE};
 use margay_agent::reconcile::{diff, Observed, ObservedVxlan, Op};
 use margay_api::{
-    EncapMode, IPAMBlock, IPPool, IpOrCidr, MacAddr, Node, NodeBGPSpec, ObjectMeta,
-    WorkloadEndpoint, WorkloadEndpointSpec,
+    EncapMode, IPPool, IpOrCidr, MacAddr, Node, NodeBGPSpec, ObjectMeta, WorkloadEndpoint,
+    WorkloadEndpointSpec,
 };
 
 fn node(name: &str, ip: &str, tunnel: Option<&str>, mac: u8) -> Node {
@@ -25,14 +25,10 @@ fn node(name: &str, ip: &str, tunnel: Option<&str>, mac: u8) -> Node {
     n
 }
 
-fn block(cidr: &str, owner: &str) -> IPAMBlock {
-    IPAMBlock {
-        metadata: ObjectMeta::named(cidr.replace(['.', '/'], "-")),
-        spec: margay_ipam::block::new_block(
-            cidr.parse().unwrap(),
-            Some(format!("host:{owner}")),
-            None,
-        ),
+fn block(cidr: &str, owner: &str) -> BlockSummary {
+    BlockSummary {
+        cidr: cidr.parse().unwrap(),
+        affinity: Some(format!("host:{owner}")),
     }
 }
 
