@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
@@ -24,8 +24,12 @@ use margay_datastore::ConnectOptions;
 use margay_sys::netlink::RouteMonitor;
 use margay_sys::netns::NetNs;
 
+#[path = "../tests/support/host.rs"]
+mod host;
 #[path = "../tests/support/uplink.rs"]
 mod uplink;
+
+use host::{is_root, Netns};
 
 const WARMUP: usize = 5;
 const SAMPLES: usize = 100;
@@ -38,62 +42,6 @@ fn bin() -> PathBuf {
     std::env::var_os("MARGAY_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_margay")))
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("mgylat{tag}{}", std::process::id() % 100_000);
-        ok(Command::new("ip").args(["netns", "add", &name]));
-        Netns(name)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        ok(Command::new("ip").args(["-n", &self.0]).args(args))
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args))
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/{}", self.0))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 /// A running agent, killed on drop.
@@ -139,12 +87,12 @@ impl Cluster {
             }
             let port = format!("l{i}x{}", std::process::id() % 100_000);
             ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", &port]);
-            ns.ip(&["link", "set", &port, "netns", &c.fabric.0]);
+            ns.ip(&["link", "set", &port, "netns", &c.fabric.name]);
             c.fabric.ip(&["link", "set", &port, "master", "br0"]);
             c.fabric.ip(&["link", "set", &port, "up"]);
             ns.ip(&["addr", "add", &format!("{}/24", node_ip(i)), "dev", "eth0"]);
             ns.ip(&["link", "set", "eth0", "up"]);
-            uplink::add_dead_end_uplink(&ns.0);
+            uplink::add_dead_end_uplink(&ns.name);
             c.nodes.push(ns);
         }
         c
@@ -153,7 +101,7 @@ impl Cluster {
     fn start_agent(&mut self, i: usize) {
         let log = std::fs::File::create(self.log_path(i)).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.nodes[i].0])
+            .args(["netns", "exec", &self.nodes[i].name])
             .arg(bin())
             .args(["--datastore", &self.datastore])
             .args(["node", "run", "--name", &format!("node{i}")])

@@ -8,85 +8,18 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+#[path = "support/host.rs"]
+mod host;
 #[path = "support/uplink.rs"]
 mod uplink;
 
+use host::{is_root, run, unique, Netns};
+
 const BIN: &str = env!("CARGO_BIN_EXE_margay");
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn unique(tag: &str) -> String {
-    format!(
-        "mga{tag}{}x{}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = unique(tag);
-        ok(Command::new("ip").args(["netns", "add", &name]));
-        Netns(name)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        ok(Command::new("ip").args(["-n", &self.0]).args(args))
-    }
-
-    fn json(&self, tool: &str, args: &[&str]) -> Value {
-        let out = ok(Command::new(tool).args(["-j", "-n", &self.0]).args(args));
-        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap()
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args))
-    }
-
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// A running agent, killed on drop.
 struct Agent(Child);
@@ -143,8 +76,7 @@ impl Cluster {
                 fabric.ip(&["addr", "add", &format!("{FABRIC_IP}/24"), "dev", "br0"]);
                 let ip: std::net::IpAddr = FABRIC_IP.parse().unwrap();
                 // Started from a thread inside the fabric namespace, so etcd lives there.
-                let fabric_ns =
-                    margay_sys::netns::NetNs::open(std::path::Path::new(&fabric.path())).unwrap();
+                let fabric_ns = margay_sys::netns::NetNs::open(&fabric.path()).unwrap();
                 let etcd = fabric_ns
                     .run(|| margay_datastore::testing::EtcdServer::start_on(ip))
                     .unwrap();
@@ -171,13 +103,13 @@ impl Cluster {
             assert!(v6_off.status.success() && v6_default_off.status.success());
             let port = format!("p{}{}", i, std::process::id() % 10_000);
             ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", &port]);
-            ns.ip(&["link", "set", &port, "netns", &cluster.fabric.0]);
+            ns.ip(&["link", "set", &port, "netns", &cluster.fabric.name]);
             cluster.fabric.ip(&["link", "set", &port, "master", "br0"]);
             cluster.fabric.ip(&["link", "set", &port, "up"]);
             let ip = format!("192.168.77.{}", 11 + i);
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
             ns.ip(&["link", "set", "eth0", "up"]);
-            uplink::add_dead_end_uplink(&ns.0);
+            uplink::add_dead_end_uplink(&ns.name);
             let state = cluster.dir.path().join(format!("state{i}"));
             cluster.nodes.push(Node {
                 name: format!("node{i}"),
@@ -196,7 +128,7 @@ impl Cluster {
     /// The CLI, run from the fabric namespace (where etcd is reachable in that variant).
     fn ctl(&self, args: &[&str]) -> Output {
         run(Command::new("ip")
-            .args(["netns", "exec", &self.fabric.0, BIN])
+            .args(["netns", "exec", &self.fabric.name, BIN])
             .env_remove("CNI_COMMAND")
             .arg("--datastore")
             .arg(&self.datastore)
@@ -221,7 +153,7 @@ impl Cluster {
             .args([
                 "netns",
                 "exec",
-                &n.ns.0,
+                &n.ns.name,
                 BIN,
                 "--datastore",
                 &self.datastore,
@@ -324,9 +256,9 @@ impl Cluster {
 
     fn cni(&self, i: usize, command: &str, conf: &Value, pod: &Netns, name: &str) -> Output {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.nodes[i].ns.0, BIN])
+            .args(["netns", "exec", &self.nodes[i].ns.name, BIN])
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("c{}", pod.0.replace('x', "")))
+            .env("CNI_CONTAINERID", format!("c{}", pod.name.replace('x', "")))
             .env("CNI_NETNS", pod.path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/nonexistent")
@@ -465,7 +397,7 @@ fn three_nodes_over_vxlan() {
         .args([
             "netns",
             "exec",
-            &pods[1].0 .0,
+            &pods[1].0.name,
             "busybox",
             "nc",
             "-l",
@@ -480,7 +412,7 @@ fn three_nodes_over_vxlan() {
         .args([
             "netns",
             "exec",
-            &pods[0].0 .0,
+            &pods[0].0.name,
             "busybox",
             "nc",
             &pods[1].1,
@@ -606,7 +538,7 @@ fn three_nodes_over_vxlan() {
 
     // A restart changes no route: count route events in the node while the agent restarts.
     let mut monitor = Command::new("ip")
-        .args(["-n", &c.nodes[0].ns.0, "monitor", "route"])
+        .args(["-n", &c.nodes[0].ns.name, "monitor", "route"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -7,35 +7,19 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{json, Value};
 
+#[path = "support/host.rs"]
+mod host;
 #[path = "support/uplink.rs"]
 mod uplink;
+
+use host::{is_root, ok as sh_ok, run as sh, unique, Netns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_margay");
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(tag: &str) -> String {
-    format!(
-        "mgt{tag}{}-{}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 /// Root tests return early, loudly, when not root (CI runs them as root).
 macro_rules! require_root {
@@ -45,67 +29,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-fn sh(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn sh_ok(cmd: &mut Command) -> String {
-    let out = sh(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A named network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = unique(tag);
-        sh_ok(Command::new("ip").args(["netns", "add", &name]));
-        Netns { name }
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.name)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        sh_ok(Command::new("ip").args(["-n", &self.name]).args(args))
-    }
-
-    fn ip_json(&self, args: &[&str]) -> Value {
-        let out = sh_ok(Command::new("ip").args(["-j", "-n", &self.name]).args(args));
-        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap()
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        sh(Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args))
-    }
-
-    fn sysctl(&self, key: &str) -> String {
-        let out = self.exec(&["cat", &format!("/proc/sys/{key}")]);
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 /// What a plugin run printed.

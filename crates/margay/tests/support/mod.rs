@@ -1,2 +1,3 @@
 pub mod containerd;
+pub mod host;
 pub mod uplink;
