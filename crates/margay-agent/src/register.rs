@@ -2,7 +2,7 @@
 //! need, allocated from IPAM (`Usage::Tunnel`) as Calico does.
 
 use ipnet::Ipv4Net;
-use margay_api::{IpOrCidr, MacAddr, Node, NodeBGPSpec};
+use margay_api::{IpOrCidr, MacAddr, Node, NodeAddress, NodeAddressType, NodeBGPSpec};
 use margay_client::Client;
 use margay_ipam::{tunnel_handle, AssignArgs, Ipam, Usage};
 
@@ -38,16 +38,28 @@ async fn update_node(
     Err(Error::Contention(format!("Node {name}")))
 }
 
-/// Creates or updates the Node with this address (and prefix, which decides CrossSubnet).
+/// Creates or updates the Node with this address (and prefix, which decides CrossSubnet), in
+/// `spec.bgp.ipv4Address` and, as Calico does, in `spec.addresses` as the `CalicoNodeIP`.
 pub async fn register(client: &Client, name: &str, ip: Ipv4Net) -> Result<Node, Error> {
     update_node(client, name, |node| {
-        let bgp = node.spec.bgp.get_or_insert_with(NodeBGPSpec::default);
+        let before = node.clone();
         let want = IpOrCidr::Cidr(ip.into());
-        if bgp.ipv4_address == Some(want) {
-            return false;
+        node.spec
+            .bgp
+            .get_or_insert_with(NodeBGPSpec::default)
+            .ipv4_address = Some(want);
+        let is_node_ip = |a: &NodeAddress| {
+            a.address_type == Some(NodeAddressType::CalicoNodeIp) && a.address.is_ipv4()
+        };
+        let entry = NodeAddress {
+            address: want,
+            address_type: Some(NodeAddressType::CalicoNodeIp),
+        };
+        match node.spec.addresses.iter_mut().find(|a| is_node_ip(a)) {
+            Some(existing) => *existing = entry,
+            None => node.spec.addresses.push(entry),
         }
-        bgp.ipv4_address = Some(want);
-        true
+        *node != before
     })
     .await
 }

@@ -355,6 +355,10 @@ fn three_nodes_over_vxlan() {
     for n in &c.nodes {
         let node = c.node_json(&n.name);
         assert_eq!(node["spec"]["bgp"]["ipv4Address"], format!("{}/24", n.ip));
+        assert_eq!(
+            node["spec"]["addresses"],
+            json!([{"address": format!("{}/24", n.ip), "type": "CalicoNodeIP"}])
+        );
         tunnel.push(
             node["spec"]["ipv4VXLANTunnelAddr"]
                 .as_str()
