@@ -44,7 +44,8 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Default)]
 pub struct SyncReport {
     pub ops: usize,
-    pub errors: Vec<String>,
+    /// Failed operations: (metric kind, message).
+    pub errors: Vec<(&'static str, String)>,
     pub plan: Plan,
     /// The pools as `node status` shows them.
     pub pools: Vec<serde_json::Value>,
@@ -104,7 +105,7 @@ pub async fn sync_once<K: Kernel>(
     for op in &ops {
         if let Err(e) = kernel.apply(op) {
             tracing::warn!(?op, error = %e, "applying");
-            errors.push(format!("{}: {e}", op.kind()));
+            errors.push((op.kind(), e.to_string()));
         }
     }
     let pools = model
@@ -280,33 +281,22 @@ async fn run_loop(
     let mut last_status = json!({"node": host.node, "ready": false});
     loop {
         health.heartbeat();
-        let revision = match tokio::time::timeout(DATASTORE_TIMEOUT, ds.revision())
-            .await
-            .unwrap_or_else(|_| {
-                Err(margay_datastore::Error::Backend {
-                    backend: "datastore",
-                    message: format!("no answer within {DATASTORE_TIMEOUT:?}"),
-                })
-            }) {
-            Ok(r) => r,
-            Err(e) => {
-                outage(
-                    health,
-                    metrics,
-                    &mut last_status,
-                    &e.to_string(),
-                    &mut backoff,
-                )
-                .await;
-                continue;
-            }
+        // The revision first (watching from it misses nothing the sync reads), then the sync;
+        // a datastore that fails or hangs in either is one outage.
+        let attempt = async {
+            let revision = tokio::time::timeout(DATASTORE_TIMEOUT, ds.revision())
+                .await
+                .map_err(|_| {
+                    Error::Io(format!("datastore: no answer within {DATASTORE_TIMEOUT:?}"))
+                })??;
+            let started = Instant::now();
+            let report = tokio::time::timeout(SYNC_TIMEOUT, sync_once(client, host, kernel))
+                .await
+                .map_err(|_| Error::Io(format!("sync took longer than {SYNC_TIMEOUT:?}")))??;
+            Ok::<_, Error>((revision, started, report))
         };
-        let started = Instant::now();
-        let synced = tokio::time::timeout(SYNC_TIMEOUT, sync_once(client, host, kernel)).await;
-        let report = match synced
-            .unwrap_or_else(|_| Err(Error::Io(format!("sync took longer than {SYNC_TIMEOUT:?}"))))
-        {
-            Ok(r) => r,
+        let (revision, started, report) = match attempt.await {
+            Ok(done) => done,
             Err(e @ (Error::Datastore(_) | Error::Connect(_) | Error::Ipam(_) | Error::Io(_))) => {
                 outage(
                     health,
@@ -326,9 +316,10 @@ async fn run_loop(
                 continue;
             }
         };
-        let mut errors = report.errors.clone();
-        for e in &report.errors {
-            metrics.apply_error(e.split(':').next().unwrap_or("route"));
+        let mut errors = Vec::new();
+        for (kind, message) in &report.errors {
+            metrics.apply_error(kind);
+            errors.push(format!("{kind}: {message}"));
         }
         if let Err(e) = nft.apply(&report.plan.nat) {
             metrics.apply_error("nft");

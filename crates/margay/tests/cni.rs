@@ -952,8 +952,9 @@ fn installed_chain_with_bandwidth_and_portmap() {
         "bandwidth": {"ingressRate": 1_000_000, "ingressBurst": 100_000},
     });
     // ADD through the chain, each plugin fed the previous result, as libcni does.
-    let mut prev = Value::Null;
-    for plugin in conflist["plugins"].as_array().unwrap() {
+    // One plugin's config as libcni builds it from the conflist: name, version, runtime
+    // config, and the previous result when there is one.
+    let plugin_conf = |plugin: &Value, prev: &Value| -> (String, Value) {
         let mut conf = plugin.clone();
         conf["name"] = conflist["name"].clone();
         conf["cniVersion"] = conflist["cniVersion"].clone();
@@ -961,7 +962,11 @@ fn installed_chain_with_bandwidth_and_portmap() {
         if !prev.is_null() {
             conf["prevResult"] = prev.clone();
         }
-        let plugin_type = conf["type"].as_str().unwrap().to_owned();
+        (conf["type"].as_str().unwrap().to_owned(), conf)
+    };
+    let mut prev = Value::Null;
+    for plugin in conflist["plugins"].as_array().unwrap() {
+        let (plugin_type, conf) = plugin_conf(plugin, &prev);
         prev = node.run(&plugin_type, "ADD", &conf, &pod).ok();
     }
     let ip = first_ip(&prev);
@@ -986,12 +991,7 @@ fn installed_chain_with_bandwidth_and_portmap() {
         "portmap rules missing: {nat}"
     );
     for plugin in conflist["plugins"].as_array().unwrap().iter().rev() {
-        let mut conf = plugin.clone();
-        conf["name"] = conflist["name"].clone();
-        conf["cniVersion"] = conflist["cniVersion"].clone();
-        conf["runtimeConfig"] = runtime_config.clone();
-        conf["prevResult"] = prev.clone();
-        let plugin_type = conf["type"].as_str().unwrap().to_owned();
+        let (plugin_type, conf) = plugin_conf(plugin, &prev);
         node.run(&plugin_type, "DEL", &conf, &pod).ok();
     }
     let nat = node.ns.exec(&["iptables-save", "-t", "nat"]);
