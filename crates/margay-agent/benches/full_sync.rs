@@ -401,7 +401,9 @@ fn round(url: &str, r: usize, t: &mut Timings) {
             let host = host();
             let mut kernel = LinuxKernel::new().unwrap();
             let start = Instant::now();
-            let report = sync_once(&client, &host, &mut kernel).await.unwrap();
+            let report = sync_once(&client, &host, &mut kernel, &mut Default::default())
+                .await
+                .unwrap();
             let first = ms(start.elapsed());
             assert!(report.errors.is_empty(), "{:?}", report.errors);
             assert_eq!(report.ops, FIRST_OPS);
@@ -413,7 +415,9 @@ fn round(url: &str, r: usize, t: &mut Timings) {
             let mut steady = Vec::new();
             for _ in 0..STEADY {
                 let start = Instant::now();
-                let report = sync_once(&client, &host, &mut kernel).await.unwrap();
+                let report = sync_once(&client, &host, &mut kernel, &mut Default::default())
+                    .await
+                    .unwrap();
                 steady.push(ms(start.elapsed()));
                 assert_eq!(
                     report.ops, 0,
@@ -427,7 +431,9 @@ fn round(url: &str, r: usize, t: &mut Timings) {
             assert!(block::assign(&mut b.spec, first_ip, &attr));
             client.create(&b).await.unwrap();
             let start = Instant::now();
-            let report = sync_once(&client, &host, &mut kernel).await.unwrap();
+            let report = sync_once(&client, &host, &mut kernel, &mut Default::default())
+                .await
+                .unwrap();
             let added = ms(start.elapsed());
             assert_eq!(report.ops, 1);
             assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -435,7 +441,9 @@ fn round(url: &str, r: usize, t: &mut Timings) {
                 .delete::<IPAMBlock>(None, &b.metadata.name, None)
                 .await
                 .unwrap();
-            let report = sync_once(&client, &host, &mut kernel).await.unwrap();
+            let report = sync_once(&client, &host, &mut kernel, &mut Default::default())
+                .await
+                .unwrap();
             assert_eq!(report.ops, 1);
             (first, steady, added)
         })

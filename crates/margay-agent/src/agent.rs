@@ -22,7 +22,7 @@ use crate::kernel::{Kernel, LinuxKernel};
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::plan::{self, Host, Plan, RouteTarget};
-use crate::reconcile;
+use crate::reconcile::{self, Grace};
 use crate::{autodetect, register, Error};
 
 /// The kinds whose changes can change the plan.
@@ -49,6 +49,8 @@ pub struct SyncReport {
     pub plan: Plan,
     /// The pools as `node status` shows them.
     pub pools: Vec<serde_json::Value>,
+    /// When a held-back deletion (see [`Grace`]) falls due: sync again by then.
+    pub next_due: Option<Instant>,
 }
 
 /// The interface that holds `ip`, and its MTU.
@@ -93,6 +95,7 @@ pub async fn sync_once<K: Kernel>(
     client: &Client,
     host: &Host,
     kernel: &mut K,
+    grace: &mut Grace,
 ) -> Result<SyncReport, Error> {
     let mut model = Model::load(client, &host.node).await?;
     if register::ensure_tunnels(client, &model, &host.node).await? {
@@ -100,9 +103,10 @@ pub async fn sync_once<K: Kernel>(
     }
     let plan = plan::plan(&model, host);
     let observed = kernel.observe()?;
-    let ops = reconcile::diff(&plan, &observed);
+    let (ops, next_due) = grace.hold(reconcile::diff(&plan, &observed), Instant::now());
     let mut errors = Vec::new();
     for op in &ops {
+        tracing::debug!(?op, "applying");
         if let Err(e) = kernel.apply(op) {
             tracing::warn!(?op, error = %e, "applying");
             errors.push((op.kind(), e.to_string()));
@@ -127,6 +131,7 @@ pub async fn sync_once<K: Kernel>(
         errors,
         plan,
         pools,
+        next_due,
     })
 }
 
@@ -279,6 +284,7 @@ async fn run_loop(
     let mut pod_mtu = 0;
     let mut change_arrived: Option<Instant> = None;
     let mut last_status = json!({"node": host.node, "ready": false});
+    let mut grace = Grace::default();
     loop {
         health.heartbeat();
         // The revision first (watching from it misses nothing the sync reads), then the sync;
@@ -290,9 +296,10 @@ async fn run_loop(
                     Error::Io(format!("datastore: no answer within {DATASTORE_TIMEOUT:?}"))
                 })??;
             let started = Instant::now();
-            let report = tokio::time::timeout(SYNC_TIMEOUT, sync_once(client, host, kernel))
-                .await
-                .map_err(|_| Error::Io(format!("sync took longer than {SYNC_TIMEOUT:?}")))??;
+            let report =
+                tokio::time::timeout(SYNC_TIMEOUT, sync_once(client, host, kernel, &mut grace))
+                    .await
+                    .map_err(|_| Error::Io(format!("sync took longer than {SYNC_TIMEOUT:?}")))??;
             Ok::<_, Error>((revision, started, report))
         };
         let (revision, started, report) = match attempt.await {
@@ -348,7 +355,10 @@ async fn run_loop(
         if report.ops > 0 {
             tracing::info!(ops = report.ops, errors = errors.len(), ?took, "synced");
         }
-        change_arrived = wait_for_change(ds, revision, resync).await;
+        let until_due = report
+            .next_due
+            .map_or(resync, |due| due.saturating_duration_since(Instant::now()));
+        change_arrived = wait_for_change(ds, revision, resync.min(until_due)).await;
     }
 }
 

@@ -1,8 +1,9 @@
 //! The difference between the plan and what the kernel has, as a list of operations in the
 //! order they can be applied. Pure: what is there comes in as [`Observed`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
@@ -180,4 +181,80 @@ pub fn diff(plan: &Plan, observed: &Observed) -> Vec<Op> {
         ops.push(Op::DeleteVxlan);
     }
     ops
+}
+
+/// How long a route to a workload interface may exist with no endpoint to account for it.
+pub const WORKLOAD_ROUTE_GRACE: Duration = Duration::from_secs(10);
+
+/// Holds back the deletion of workload routes the plan does not know yet. The CNI plugin
+/// installs a pod's route before the endpoint it writes reaches the agent; deleting the route
+/// in that window would cut the new pod off until the endpoint arrives (Felix waits likewise).
+#[derive(Debug, Default)]
+pub struct Grace {
+    first_seen: BTreeMap<ipnet::IpNet, Instant>,
+}
+
+impl Grace {
+    /// The operations to apply now, and when the earliest held deletion falls due.
+    pub fn hold(&mut self, ops: Vec<Op>, now: Instant) -> (Vec<Op>, Option<Instant>) {
+        let mut unexpected = BTreeMap::new();
+        let mut due = None::<Instant>;
+        let mut apply = Vec::with_capacity(ops.len());
+        for op in ops {
+            if let Op::DeleteRoute(RouteSpec {
+                dst,
+                target: RouteTarget::Device { .. },
+            }) = &op
+            {
+                let since = self.first_seen.get(dst).copied().unwrap_or(now);
+                let falls_due = since + WORKLOAD_ROUTE_GRACE;
+                if now < falls_due {
+                    unexpected.insert(*dst, since);
+                    due = Some(due.map_or(falls_due, |d| d.min(falls_due)));
+                    continue;
+                }
+            }
+            apply.push(op);
+        }
+        // A route the plan came to want (or that went away) starts afresh next time.
+        self.first_seen = unexpected;
+        (apply, due)
+    }
+}
+
+#[cfg(test)]
+mod grace_tests {
+    use super::*;
+
+    fn pod(dst: &str) -> Op {
+        Op::DeleteRoute(RouteSpec {
+            dst: dst.parse().unwrap(),
+            target: RouteTarget::Device { dev: "mgy1".into() },
+        })
+    }
+
+    #[test]
+    fn unknown_workload_routes_are_deleted_only_after_the_grace_period() {
+        let block = Op::DeleteRoute(RouteSpec {
+            dst: "10.0.1.0/26".parse().unwrap(),
+            target: RouteTarget::Blackhole,
+        });
+        let mut grace = Grace::default();
+        let t0 = Instant::now();
+        // Other deletions pass at once; the workload route is held, due after the period.
+        let (ops, due) = grace.hold(vec![block.clone(), pod("10.0.0.5/32")], t0);
+        assert_eq!(ops, [block]);
+        assert_eq!(due, Some(t0 + WORKLOAD_ROUTE_GRACE));
+        let (ops, _) = grace.hold(vec![pod("10.0.0.5/32")], t0 + Duration::from_secs(5));
+        assert!(ops.is_empty());
+        // Its endpoint arrived (no deletion asked): the clock restarts if it is unknown again.
+        let (ops, due) = grace.hold(vec![], t0 + Duration::from_secs(6));
+        assert!(ops.is_empty() && due.is_none());
+        let t1 = t0 + Duration::from_secs(7);
+        let (ops, _) = grace.hold(vec![pod("10.0.0.5/32")], t1);
+        assert!(ops.is_empty());
+        let (ops, due) = grace.hold(vec![pod("10.0.0.5/32")], t1 + WORKLOAD_ROUTE_GRACE);
+        assert_eq!(ops, [pod("10.0.0.5/32")]);
+        assert_eq!(due, None);
+    }
 }

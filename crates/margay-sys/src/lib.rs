@@ -1,6 +1,6 @@
 //! The one crate in Margay that makes networking syscalls: network namespaces ([`netns`]),
-//! rtnetlink ([`netlink`]) and `/proc/sys` ([`sysctl`]). Everything else reaches the kernel
-//! through it, behind its own traits.
+//! rtnetlink ([`netlink`]), `/proc/sys` ([`sysctl`]) and the processes of a lab
+//! ([`process`]). Everything else reaches the kernel through it, behind its own traits.
 //!
 //! It is synchronous and starts no runtime: the CNI plugin is a short-lived process with a
 //! budget of a few milliseconds per pod. Namespace switches happen on short-lived scoped
@@ -9,6 +9,7 @@
 mod error;
 pub mod netlink;
 pub mod netns;
+pub mod process;
 pub mod sysctl;
 
 pub use error::Error;

@@ -3,7 +3,8 @@
 //!
 //! Every test works in throwaway namespaces (`ip netns add mgysys-<pid>-<n>`) that a guard
 //! deletes even when the test panics, so the host's own network is never touched: the
-//! "host" side of a pod is itself a throwaway namespace.
+//! "host" side of a pod is itself a throwaway namespace. The lab's own named namespaces
+//! (`NetNs::create_named`, `mgylab-<pid>-<n>`) have a guard of their own.
 
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
@@ -17,8 +18,8 @@ use margay_sys::netlink::{
     FdbEntry, Link, Mac, Neighbour, Route, RouteMonitor, RouteScope, RouteSocket, RouteType,
     VethRequest, VxlanInfo, VxlanRequest,
 };
-use margay_sys::netns::NetNs;
-use margay_sys::sysctl;
+use margay_sys::netns::{self, NetNs};
+use margay_sys::{process, sysctl};
 use serde_json::Value;
 
 const HOST_MAC: Mac = [0xee, 0xee, 0xee, 0xee, 0xee, 0xee];
@@ -1132,4 +1133,192 @@ fn create_ipip_reports_a_kernel_without_ipip() {
             assert_eq!((tunl0.up, tunl0.mtu), (true, 1440));
         }
     }
+}
+
+/// A namespace made by `NetNs::create_named` (what `margay lab` uses), deleted with
+/// `netns::delete_named` on drop, also when the test panics.
+struct LabNs {
+    name: String,
+    ns: NetNs,
+}
+
+impl LabNs {
+    fn create() -> LabNs {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mgylab-{}-{n}", std::process::id());
+        // On failure create_named leaves nothing behind, so there is nothing to guard yet.
+        let ns = NetNs::create_named(&name).unwrap();
+        LabNs { name, ns }
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new(netns::NETNS_RUN_DIR).join(&self.name)
+    }
+}
+
+impl Drop for LabNs {
+    fn drop(&mut self) {
+        if let Err(e) = netns::delete_named(&self.name) {
+            eprintln!("cleaning up netns {}: {e}", self.name);
+        }
+    }
+}
+
+/// Names in `ip netns list` ("NAME" or "NAME (id: N)").
+fn netns_list() -> Vec<String> {
+    ip(&["netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn named_netns_is_what_ip_netns_add_makes() {
+    require_root!();
+    let lab = LabNs::create();
+    assert_eq!(lab.ns.path(), lab.path());
+    assert!(netns_list().contains(&lab.name), "{:?}", netns_list());
+    // A namespace of its own, with loopback already up, as `ip netns exec` sees it.
+    let here = std::fs::metadata("/proc/self/ns/net").unwrap();
+    let there = std::fs::metadata(lab.path()).unwrap();
+    assert_ne!((here.dev(), here.ino()), (there.dev(), there.ino()));
+    let lo: Value = serde_json::from_str(&ip(&[
+        "netns", "exec", &lab.name, "ip", "-j", "link", "show", "lo",
+    ]))
+    .unwrap();
+    assert!(
+        lo[0]["flags"].as_array().unwrap().contains(&"UP".into()),
+        "{lo}"
+    );
+    let text = ip(&["netns", "exec", &lab.name, "ip", "link", "show", "lo"]);
+    assert!(text.contains(",UP"), "{text}");
+    assert_eq!(ip(&["-n", &lab.name, "-o", "link"]).lines().count(), 1);
+
+    // The same name again is refused, and the existing namespace is left alone.
+    let e = NetNs::create_named(&lab.name).unwrap_err();
+    assert!(e.is_exists(), "{e}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "creating netns {0} (creating /run/netns/{0}): File exists (os error 17)",
+            lab.name
+        )
+    );
+    let again = NetNs::open(&lab.path()).unwrap();
+    let lo_up = RouteSocket::new_in(&again)
+        .unwrap()
+        .link_by_name("lo")
+        .unwrap()
+        .unwrap()
+        .up;
+    assert!(lo_up);
+
+    assert!(netns::delete_named(&lab.name).unwrap());
+    assert!(!lab.path().exists());
+    assert!(!netns_list().contains(&lab.name));
+    assert!(!netns::delete_named(&lab.name).unwrap());
+    // An open NetNs keeps the namespace itself alive after its name is gone.
+    assert!(RouteSocket::new_in(&again).is_ok());
+}
+
+/// Kills and reaps the child when dropped, so a failing test leaves no `sleep` behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pids_in_finds_a_process_started_inside_and_kill_ends_it() {
+    require_root!();
+    let lab = LabNs::create();
+    assert_eq!(netns::pids_in(&lab.path()).unwrap(), Vec::<u32>::new());
+    let child = lab
+        .ns
+        .run(|| Command::new("sleep").arg("30").stdin(Stdio::null()).spawn())
+        .unwrap()
+        .unwrap();
+    let mut child = Reaped(child);
+    let pid = child.0.id();
+    assert_eq!(netns::pids_in(&lab.path()).unwrap(), [pid]);
+    assert!(!netns::pids_in(Path::new("/proc/self/ns/net"))
+        .unwrap()
+        .contains(&pid));
+    assert!(process::is_alive(pid));
+
+    process::kill(pid).unwrap();
+    // Killed but not yet reaped: a zombie, which is not alive and in no namespace.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process::is_alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(netns::pids_in(&lab.path()).unwrap(), Vec::<u32>::new());
+    let status = child.0.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert!(!process::is_alive(pid));
+}
+
+#[test]
+fn bridge_with_a_veth_port() {
+    require_root!();
+    let lab = LabNs::create();
+    let mut sock = RouteSocket::new_in(&lab.ns).unwrap();
+    let bridge = sock.create_bridge("mgybr0").unwrap();
+    assert_eq!(bridge.name, "mgybr0");
+    assert_eq!(bridge.kind.as_deref(), Some("bridge"));
+    assert!(!bridge.up);
+    let e = sock.create_bridge("mgybr0").unwrap_err();
+    assert!(e.is_exists(), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "creating bridge mgybr0: File exists (os error 17)"
+    );
+
+    let port = sock
+        .create_veth(&VethRequest {
+            name: "mgyport",
+            mac: None,
+            mtu: None,
+            peer_name: "mgyport-peer",
+            peer_ns: None,
+            peer_mac: None,
+        })
+        .unwrap();
+    sock.set_master(port.index, bridge.index).unwrap();
+    let text = ip(&["-n", &lab.name, "-d", "link", "show", "mgyport"]);
+    assert!(text.contains("master mgybr0"), "{text}");
+    let shown = &ip_json_in(&lab, &["-d", "link", "show", "mgyport"])[0];
+    assert_eq!(shown["master"], "mgybr0");
+    assert_eq!(shown["linkinfo"]["info_slave_kind"], "bridge");
+    let shown = &ip_json_in(&lab, &["-d", "link", "show", "mgybr0"])[0];
+    assert_eq!(shown["linkinfo"]["info_kind"], "bridge");
+
+    // Master 0 detaches the port again.
+    sock.set_master(port.index, 0).unwrap();
+    let shown = &ip_json_in(&lab, &["-d", "link", "show", "mgyport"])[0];
+    assert!(shown.get("master").is_none(), "{shown}");
+    let e = sock.set_master(port.index, 999_999).unwrap_err();
+    assert!(
+        e.to_string().starts_with(&format!(
+            "setting master of link #{} to #999999: ",
+            port.index
+        )),
+        "{e}"
+    );
+}
+
+/// `ip -n NAME -j ARGS…`, parsed.
+fn ip_json_in(lab: &LabNs, args: &[&str]) -> Value {
+    let mut all = vec!["-n", &lab.name, "-j"];
+    all.extend(args);
+    serde_json::from_str(&ip(&all)).unwrap()
 }

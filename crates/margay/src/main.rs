@@ -13,6 +13,8 @@ use margay_client::{ApplyMode, Client};
 use margay_ctl::{NamespaceScope, OutputFormat, Report};
 use margay_datastore::{ConnectOptions, DEFAULT_URL};
 
+mod lab;
+
 #[derive(Parser)]
 #[command(
     name = "margay",
@@ -57,6 +59,9 @@ enum Command {
     Node(NodeCommand),
     /// Install the CNI plugin (`margay`, `margay-ipam`) and write 10-margay.conflist.
     InstallCni(InstallCniArgs),
+    /// A whole cluster in network namespaces on this machine: up, probe, status, exec, down.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -347,6 +352,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             return runtime.block_on(node(&cli, cmd));
         }
+        Command::Lab(_) => {
+            let Command::Lab(cmd) = cli.command else {
+                unreachable!("matched above")
+            };
+            return lab::run(cmd, &cli.datastore);
+        }
         Command::Completion { shell } => {
             clap_complete::generate(
                 *shell,
@@ -458,6 +469,7 @@ async fn run_with_datastore(cli: Cli) -> anyhow::Result<()> {
         Command::Version
         | Command::InstallCni(_)
         | Command::Node(_)
+        | Command::Lab(_)
         | Command::Completion { .. } => {
             unreachable!("handled before connecting")
         }

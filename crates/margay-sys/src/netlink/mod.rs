@@ -1,4 +1,4 @@
-//! A small synchronous rtnetlink client: links (veth, VXLAN, IPIP), addresses, routes,
+//! A small synchronous rtnetlink client: links (veth, VXLAN, IPIP, bridge), addresses, routes,
 //! neighbours, bridge FDB entries, and a monitor of route changes.
 //!
 //! No async runtime: the CNI plugin is a short-lived process whose whole ADD must take a few
@@ -364,6 +364,14 @@ impl RouteSocket {
         self.create_link(build::create_ipip(name, mtu, local), name, op)
     }
 
+    /// Creates a bridge with one `RTM_NEWLINK` (`NLM_F_CREATE|NLM_F_EXCL`), like
+    /// `ip link add NAME type bridge`, with the kernel's defaults (STP off). It is left down;
+    /// attach ports with [`set_master`](Self::set_master).
+    pub fn create_bridge(&mut self, name: &str) -> Result<Link, Error> {
+        let op = || format!("creating bridge {name}");
+        self.create_link(build::create_bridge(name), name, op)
+    }
+
     /// Sends a link creation and returns the new link, which must be named `name`.
     fn create_link(
         &mut self,
@@ -415,6 +423,16 @@ impl RouteSocket {
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), Error> {
         self.apply(build::set_mtu(index, mtu), 0, &mut ignore)
             .map_err(|f| f.into_error(format!("setting MTU of link #{index} to {mtu}")))
+    }
+
+    /// Makes the link `index` a port of the bridge (or other controller device) `master`,
+    /// like `ip link set DEV master BRIDGE`; `master` 0 detaches it (`nomaster`).
+    pub fn set_master(&mut self, index: u32, master: u32) -> Result<(), Error> {
+        self.apply(build::set_master(index, master), 0, &mut ignore)
+            .map_err(|f| match master {
+                0 => f.into_error(format!("detaching link #{index} from its master")),
+                _ => f.into_error(format!("setting master of link #{index} to #{master}")),
+            })
     }
 
     /// Deletes the link; for a veth, that removes both ends.

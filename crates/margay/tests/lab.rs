@@ -1,0 +1,433 @@
+//! `margay lab` end to end, as a user runs it: up → probe → down on both modes and both
+//! datastores, the Kubernetes-suite x/y/z spec, `status`/`exec`/`apply`, clean-up after
+//! `kill -9` and after a crashed `up`, and bad specs that must create nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[path = "support/host.rs"]
+mod host;
+
+use host::{is_root, run, unique};
+
+const BIN: &str = env!("CARGO_BIN_EXE_margay");
+
+/// A lab with a unique name under its own root, taken down on drop.
+struct Lab {
+    name: String,
+    root: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            name: unique("lab"),
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self, sub: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(["lab", sub, "--name", &self.name])
+            .arg("--lab-root")
+            .arg(self.root.path())
+            .args(args)
+            .env_remove("CNI_COMMAND")
+            .env_remove("MARGAY_DATASTORE")
+            .env_remove("MARGAY_LAB_ROOT");
+        c
+    }
+
+    fn run(&self, sub: &str, args: &[&str]) -> Output {
+        run(&mut self.cmd(sub, args))
+    }
+
+    fn ok(&self, sub: &str, args: &[&str]) -> String {
+        let out = self.run(sub, args);
+        assert!(
+            out.status.success(),
+            "lab {sub} {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, sub: &str, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(sub, args)).unwrap()
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.path().join(&self.name)
+    }
+
+    /// Nothing of the lab is left: no namespace, no process, no state.
+    fn assert_gone(&self) {
+        let prefix = format!("{}-", self.name);
+        let left: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "namespaces left: {left:?}");
+        assert!(!self.dir().exists(), "{} left", self.dir().display());
+        let procs = processes_mentioning(self.root.path());
+        assert!(procs.is_empty(), "processes left: {procs:?}");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run("down", &[]);
+    }
+}
+
+/// Live processes whose command line mentions `path` (the lab's agents, CNI, etcd).
+fn processes_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle))
+        .collect()
+}
+
+fn skip_unless_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("skipped: lab tests need root (network namespaces)");
+    true
+}
+
+/// The upstream network-policy suite's cluster: namespaces x, y, z with pods a, b, c, each
+/// serving 80 and 81 over TCP and UDP.
+const XYZ: &str = r#"
+nodes: [node-a, node-b, node-c]
+namespaces:
+  - {name: x, labels: {ns: x}}
+  - {name: y, labels: {ns: y}}
+  - {name: z, labels: {ns: z}}
+pods:
+  - {namespace: x, name: a, labels: {pod: a}}
+  - {namespace: x, name: b, labels: {pod: b}}
+  - {namespace: x, name: c, labels: {pod: c}}
+  - {namespace: y, name: a, labels: {pod: a}}
+  - {namespace: y, name: b, labels: {pod: b}}
+  - {namespace: y, name: c, labels: {pod: c}}
+  - {namespace: z, name: a, labels: {pod: a}}
+  - {namespace: z, name: b, labels: {pod: b}}
+  - {namespace: z, name: c, labels: {pod: c}}
+"#;
+
+/// Every matrix of `lab probe -o json` allows all `pods`² pairs and denies none.
+fn assert_fully_connected(probes: &Value, pods: usize, matrices: usize) {
+    let probes = probes["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), matrices, "{probes:?}");
+    for m in probes {
+        let denied = m["denied"].as_array().unwrap();
+        assert!(
+            denied.is_empty(),
+            "{}/{} denied {denied:?}",
+            m["port"],
+            m["protocol"]
+        );
+        assert_eq!(m["allowed"].as_array().unwrap().len(), pods * pods);
+    }
+}
+
+fn up_probe_down(mode: &str, datastore: &str, spec: Option<&str>) {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = Lab::new();
+    let mut args = vec!["--mode", mode, "--datastore", datastore];
+    let spec_path = lab.root.path().join("spec.yaml");
+    let pods = match spec {
+        Some(text) => {
+            std::fs::write(&spec_path, text).unwrap();
+            args.extend(["--spec", spec_path.to_str().unwrap()]);
+            9
+        }
+        None => {
+            args.extend(["--nodes", "3", "--pods-per-node", "2"]);
+            6
+        }
+    };
+    let out = lab.ok("up", &args);
+    assert!(out.contains("margay lab down"), "{out}");
+    let probes = lab.json("probe", &["-o", "json"]);
+    assert_fully_connected(&probes, pods, 4);
+    let status = lab.json("status", &["-o", "json"]);
+    for node in status["nodes"].as_array().unwrap() {
+        assert_eq!(node["agent"], "ready", "{node}");
+    }
+    for pod in status["pods"].as_array().unwrap() {
+        assert!(pod["ip"].as_str().unwrap().starts_with("10.244."), "{pod}");
+        assert_eq!(pod["serving"], true, "{pod}");
+    }
+    if mode == "crosssubnet" {
+        // node 1 and 3 share a subnet (direct route), node 2 is across the router (VXLAN).
+        let first = &status["nodes"][0]["netns"].as_str().unwrap().to_owned();
+        let routes = host::ok(Command::new("ip").args(["-n", first, "route"]));
+        assert!(
+            routes.contains("via 172.30.0.12 dev eth0 proto 77"),
+            "{routes}"
+        );
+        assert!(
+            routes.contains("dev vxlan.margay proto 77 onlink"),
+            "{routes}"
+        );
+    }
+    let down = lab.ok("down", &[]);
+    assert!(down.contains("removed"), "{down}");
+    lab.assert_gone();
+    // Idempotent.
+    assert!(lab.ok("down", &[]).contains("is not up"));
+}
+
+#[test]
+fn vxlan_on_sqlite_is_fully_connected() {
+    up_probe_down("vxlan", "sqlite", None);
+}
+
+#[test]
+fn vxlan_on_etcd_is_fully_connected() {
+    up_probe_down("vxlan", "etcd", None);
+}
+
+#[test]
+fn crosssubnet_on_sqlite_xyz_spec_is_fully_connected() {
+    up_probe_down("crosssubnet", "sqlite", Some(XYZ));
+}
+
+#[test]
+fn crosssubnet_on_etcd_xyz_spec_is_fully_connected() {
+    up_probe_down("crosssubnet", "etcd", Some(XYZ));
+}
+
+#[test]
+fn exec_apply_status_and_probe_filters() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.ok("up", &["--nodes", "2", "--pods-per-node", "1"]);
+    let status = lab.json("status", &["-o", "json"]);
+    let ip = status["pods"][0]["ip"].as_str().unwrap().to_owned();
+    // exec runs in the pod: its eth0 carries its address; the exit code comes through.
+    let addr = lab.ok(
+        "exec",
+        &[
+            "default/pod-1-1",
+            "--",
+            "ip",
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "eth0",
+        ],
+    );
+    assert!(addr.contains(&format!("{ip}/32")), "{addr}");
+    let code = lab.run("exec", &["pod-2-1", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(code.status.code(), Some(7));
+    let unknown = lab.run("exec", &["x/nope", "--", "true"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no pod x/nope"));
+    // apply goes to the lab's datastore.
+    let set = lab.root.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: ext}\n\
+         spec: {nets: [192.0.2.0/24]}\n",
+    )
+    .unwrap();
+    let applied = lab.ok("apply", &["-f", set.to_str().unwrap()]);
+    assert!(applied.contains("created"), "{applied}");
+    // The endpoints carry the pods' labels (stored as Pod documents before CNI ADD).
+    let db = format!("sqlite://{}/margay.db", lab.dir().display());
+    let weps = host::ok(Command::new(BIN).env_remove("CNI_COMMAND").args([
+        "--datastore",
+        &db,
+        "get",
+        "wep",
+        "-A",
+        "-o",
+        "json",
+    ]));
+    assert!(weps.contains("\"app\": \"pod-1-1\""), "{weps}");
+    assert!(host::ok(Command::new(BIN).env_remove("CNI_COMMAND").args([
+        "--datastore",
+        &db,
+        "get",
+        "globalnetworksets",
+        "-o",
+        "name"
+    ]))
+    .contains("ext"));
+    // One port and protocol; a port nobody serves is honestly all denied.
+    let one = lab.json(
+        "probe",
+        &["--port", "81", "--protocol", "udp", "-o", "json"],
+    );
+    assert_eq!(one["probes"][0]["protocol"], "UDP");
+    assert_fully_connected(&one, 2, 1);
+    let none = lab.json("probe", &["--port", "8080", "-o", "json"]);
+    assert_eq!(none["probes"][0]["denied"].as_array().unwrap().len(), 4);
+    let table = lab.ok("probe", &["--port", "80", "--protocol", "tcp"]);
+    assert!(table.contains("80/TCP: 4 allowed, 0 denied"), "{table}");
+    // A second lab beside it, and a refusal to start the first twice.
+    let again = lab.run("up", &[]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is already up"));
+    lab.ok("down", &[]);
+    lab.assert_gone();
+}
+
+#[test]
+fn down_after_kill_9_of_the_agents_cleans_up() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.ok("up", &["--nodes", "2", "--pods-per-node", "1"]);
+    let status = lab.json("status", &["-o", "json"]);
+    for node in status["nodes"].as_array().unwrap() {
+        let netns = node["netns"].as_str().unwrap();
+        let pids = host::ok(Command::new("ip").args(["netns", "pids", netns]));
+        for pid in pids.split_whitespace() {
+            host::ok(Command::new("kill").args(["-9", pid]));
+        }
+    }
+    let mut agents = Vec::new();
+    for _ in 0..100 {
+        let status = lab.json("status", &["-o", "json"]);
+        agents = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["agent"].as_str().unwrap().to_owned())
+            .collect();
+        if agents.iter().all(|a| a == "not running") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(agents, ["not running", "not running"]);
+    lab.ok("down", &[]);
+    lab.assert_gone();
+}
+
+#[test]
+fn down_after_a_killed_up_cleans_up() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = Lab::new();
+    let mut up = lab
+        .cmd(
+            "up",
+            &[
+                "--nodes",
+                "3",
+                "--pods-per-node",
+                "5",
+                "--datastore",
+                "etcd",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Part-way through, whatever "part-way" is on this machine: down must cope either way.
+    std::thread::sleep(Duration::from_millis(300));
+    up.kill().unwrap();
+    up.wait().unwrap();
+    assert!(
+        lab.dir().join("state.json").exists(),
+        "up records its state first"
+    );
+    lab.ok("down", &[]);
+    lab.assert_gone();
+}
+
+#[test]
+fn bad_specs_create_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let cases = [
+        (
+            "nodes: [n1]\npods: [{name: a, node: n9}]",
+            "pods[0].node: unknown node \"n9\" (nodes: n1)",
+        ),
+        (
+            "nodes: [n1]\npods: [{name: a}, {name: a}]",
+            "pods[1]: duplicate pod default/a (also pods[0])",
+        ),
+        (
+            "nodes: [n1]\npods: [{name: a, ports: [{port: 65536}]}]",
+            "pods[0].ports[0].port: 65536 is out of range 1-65535",
+        ),
+        (
+            "nodes: [n1]\npools: [{cidr: 172.30.8.0/22}]",
+            "pools[0].cidr: 172.30.8.0/22 overlaps the lab fabric 172.30.0.0/16 (the node network)",
+        ),
+    ];
+    for (text, message) in cases {
+        let lab = Lab::new();
+        let path = lab.root.path().join("bad.yaml");
+        std::fs::write(&path, text).unwrap();
+        let out = lab.run("up", &["--spec", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(
+            stderr.trim(),
+            format!("error: {}: {message}", path.display()),
+            "{text}"
+        );
+        lab.assert_gone();
+    }
+}
+
+#[test]
+fn modes_this_machine_cannot_run_are_refused() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = Lab::new();
+    let bgp = lab.run("up", &["--mode", "bgp"]);
+    assert!(!bgp.status.success());
+    assert!(String::from_utf8_lossy(&bgp.stderr)
+        .contains("--mode bgp: Margay's BGP speaker has not landed yet"));
+    lab.assert_gone();
+    let ipip_module = Path::new("/sys/module/ipip").exists();
+    let ipip = lab.run(
+        "up",
+        &["--mode", "ipip", "--nodes", "1", "--pods-per-node", "1"],
+    );
+    if ipip_module {
+        eprintln!("skipped: this kernel has ipip, so --mode ipip is not refused here");
+        assert!(ipip.status.success());
+        lab.ok("down", &[]);
+    } else {
+        assert!(!ipip.status.success());
+        assert!(
+            String::from_utf8_lossy(&ipip.stderr)
+                .contains("--mode ipip: this kernel cannot create IPIP tunnels (no ipip module)"),
+            "{}",
+            String::from_utf8_lossy(&ipip.stderr)
+        );
+    }
+    lab.assert_gone();
+}
