@@ -10,9 +10,9 @@ setup:
 build: setup
 	$(CARGO) build --release --locked -p margay
 
-# Until the lab lands, the main job is a short demo on the embedded datastore.
+# The main job: a three-node cluster in network namespaces, probed pod to pod.
 lab: build
-	scripts/demo.sh $(BIN)
+	scripts/lab.sh $(BIN)
 
 test: setup
 	$(CARGO) fmt --all -- --check

@@ -496,7 +496,8 @@ fn wire_pods<H: Host>(
 }
 
 /// Until every node has a route covering every pod of the other nodes (the agents have seen
-/// every block), so that a probe right after `up` measures policy, not convergence.
+/// every block) and its agent counts every local pod (it has seen every endpoint), so that a
+/// probe right after `up` measures policy, not convergence.
 fn wait_for_routes<H: Host>(host: &H, state: &LabState) -> Result<(), LabError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     for node in &state.topology.nodes {
@@ -510,16 +511,36 @@ fn wait_for_routes<H: Host>(host: &H, state: &LabState) -> Result<(), LabError> 
                 _ => None,
             })
             .collect();
+        let local = state
+            .topology
+            .pods
+            .iter()
+            .filter(|p| p.spec.node == node.name)
+            .count() as u64;
         loop {
+            let counted = host
+                .agent_status(&node.netns)
+                .ok()
+                .and_then(|s| s["localWorkloads"].as_u64())
+                .unwrap_or(0);
             let routes = host.routes(&node.netns)?;
             // The default route covers everything; only more specific routes count.
             let missing = remote
                 .iter()
                 .find(|(_, ip)| !routes.iter().any(|r| r.prefix_len() > 0 && r.contains(ip)));
-            let Some((id, ip)) = missing else { break };
+            if missing.is_none() && counted >= local {
+                break;
+            }
             if Instant::now() > deadline {
+                let what = match missing {
+                    Some((id, ip)) => format!("node {} routing to pod {id} ({ip})", node.name),
+                    None => format!(
+                        "the agent on {} seeing its {local} pods (it counts {counted})",
+                        node.name
+                    ),
+                };
                 return Err(LabError::Timeout {
-                    what: format!("node {} routing to pod {id} ({ip})", node.name),
+                    what,
                     seconds: READY_TIMEOUT.as_secs(),
                     detail: format!(
                         "see {}",
@@ -662,7 +683,7 @@ mod tests {
             Ok(0)
         }
         fn agent_status(&self, _: &str) -> Result<Value, HostError> {
-            Ok(json!({"ready": true}))
+            Ok(json!({"ready": true, "localWorkloads": 2}))
         }
         fn routes(&self, _: &str) -> Result<Vec<Ipv4Net>, HostError> {
             Ok(vec!["10.244.0.0/24".parse().unwrap()])
