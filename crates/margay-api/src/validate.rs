@@ -74,15 +74,43 @@ pub fn resource_name(field: &str, name: &str, errs: &mut Errors) {
 
 /// RFC 1123 label, as Kubernetes requires for namespaces.
 pub fn dns_label(field: &str, value: &str, errs: &mut Errors) {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if !ok {
+    if !is_dns_label(value) {
         errs.add(field, format!("{value:?} is not a valid DNS label"));
+    }
+}
+
+/// RFC 1123 label: Kubernetes namespaces, Calico tier names and policy name parts.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// Kubernetes `IsValidPortName` (IANA service name): what named container ports must be.
+pub fn check_port_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid port name (at most 15 lower-case letters, digits and \
+             single '-', with at least one letter)"
+        ))
     }
 }
 

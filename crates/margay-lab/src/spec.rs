@@ -1,11 +1,12 @@
 //! What a lab is made of: the YAML `--spec` file, or the defaults behind `--nodes N
 //! --pods-per-node K`, checked as a whole before anything is created.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use ipnet::{IpNet, Ipv4Net};
+use margay_api::validate;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -482,7 +483,7 @@ fn check(file: SpecFile, origin: &str, overrides: &Overrides) -> Result<LabSpec,
                         .name
                         .clone()
                         .unwrap_or_else(|| port_name(number, protocol));
-                    port_name_ok(&name).map_err(|m| err(field("name"), m))?;
+                    validate::check_port_name(&name).map_err(|m| err(field("name"), m))?;
                     if out.iter().any(|o| o.name == name) {
                         return Err(err(field("name"), format!("duplicate port name {name:?}")));
                     }
@@ -636,17 +637,10 @@ fn with_name_label(name: &str, labels: &BTreeMap<String, String>) -> BTreeMap<St
     out
 }
 
-/// An RFC 1123 label: what Kubernetes accepts for namespace and pod names here (the lab
-/// also uses them in namespace file names).
+/// An RFC 1123 label: what Kubernetes accepts for namespace and pod names (the lab also puts
+/// them in namespace names).
 fn dns_label(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if validate::is_dns_label(name) {
         Ok(())
     } else {
         Err(format!(
@@ -657,56 +651,19 @@ fn dns_label(name: &str) -> Result<(), String> {
 }
 
 fn dns_subdomain(name: &str) -> Result<(), String> {
-    if !name.is_empty() && name.len() <= 253 && name.split('.').all(|part| dns_label(part).is_ok())
-    {
+    if validate::is_dns_subdomain(name) {
         Ok(())
     } else {
         Err(format!("{name:?} is not a valid resource name"))
     }
 }
 
-/// Kubernetes port names: at most 15 characters, lower-case letters, digits and '-', with at
-/// least one letter.
-fn port_name_ok(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.bytes().any(|b| b.is_ascii_lowercase())
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid port name (at most 15 lower-case letters, digits and '-')"
-        ))
-    }
-}
-
 fn labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
-    let keys: BTreeSet<&String> = labels.keys().collect();
-    for key in keys {
-        let value = &labels[key];
-        let name = key.rsplit('/').next().unwrap_or(key);
-        let valid = |s: &str, allow_empty: bool| {
-            (allow_empty || !s.is_empty())
-                && s.len() <= 63
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-                && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
-                && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
-        };
-        if !valid(name, false) {
-            return Err(format!("{key:?} is not a valid label key"));
-        }
-        if !valid(value, true) {
-            return Err(format!("{key}={value:?}: not a valid label value"));
-        }
+    let mut errs = validate::Errors::default();
+    for (key, value) in labels {
+        validate::label("", key, value, &mut errs);
     }
-    Ok(())
+    errs.into_result().map_err(|e| e.message)
 }
 
 #[cfg(test)]

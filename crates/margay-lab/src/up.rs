@@ -33,14 +33,7 @@ pub struct UpOptions<'a> {
 
 /// A lab name is part of namespace names: a short DNS label.
 pub fn check_name(name: &str) -> Result<(), LabError> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if name.len() <= 32 && margay_api::validate::is_dns_label(name) {
         Ok(())
     } else {
         Err(LabError::BadName(name.to_owned()))

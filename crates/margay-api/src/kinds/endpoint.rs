@@ -7,11 +7,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::kind::Kind;
-use crate::kinds::policy::{check_port_name, drop_blank, net_list, Protocol};
+use crate::kinds::policy::{drop_blank, net_list, Protocol};
 use crate::meta::ObjectMeta;
 use crate::object::Object;
 use crate::object_meta;
-use crate::validate::{self, Errors, FieldError};
+use crate::validate::{self, check_port_name, Errors, FieldError};
 
 /// The orchestrator name Kubernetes workload endpoints carry.
 pub const ORCHESTRATOR_K8S: &str = "k8s";

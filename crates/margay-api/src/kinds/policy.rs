@@ -18,7 +18,7 @@ use crate::kinds::ipam::cidr_or_ip_list;
 use crate::meta::ObjectMeta;
 use crate::object::Object;
 use crate::object_meta;
-use crate::validate::{self, Errors};
+use crate::validate::{self, check_port_name, is_dns_label, is_dns_subdomain, Errors};
 
 /// The tier a policy belongs to when `spec.tier` is omitted.
 pub const DEFAULT_TIER: &str = "default";
@@ -1593,41 +1593,6 @@ fn is_false(b: &bool) -> bool {
 pub(crate) fn drop_blank(s: &mut Option<String>) {
     if s.as_deref().is_some_and(|v| v.trim().is_empty()) {
         *s = None;
-    }
-}
-
-/// RFC 1123 label: what Calico requires of tier names and policy name parts.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// Kubernetes `IsValidPortName` (IANA service name): what named container ports must be.
-pub(crate) fn check_port_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.bytes().any(|b| b.is_ascii_lowercase())
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid port name (at most 15 lower-case letters, digits and \
-             single '-', with at least one letter)"
-        ))
     }
 }
 
