@@ -2,22 +2,13 @@
 //! even when the test panics. Needs root (CI runs as root); without it the test prints
 //! "skipped: needs root" and passes.
 
+use margay_sys::process::is_root;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 use margay_agent::autodetect::{detect, Error, Method};
 use margay_sys::netns::NetNs;
-
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    // "Uid:\treal\teffective\t…"
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip")

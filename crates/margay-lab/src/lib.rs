@@ -33,6 +33,8 @@ pub enum LabError {
     NotUp { name: String, dir: PathBuf },
     #[error("--mode {mode}: {reason}")]
     ModeUnavailable { mode: Mode, reason: String },
+    #[error("margay lab needs root: it creates and enters network namespaces (try sudo)")]
+    NotRoot,
     #[error("{what} not found: {hint}")]
     Missing { what: String, hint: String },
     #[error(transparent)]
@@ -81,6 +83,15 @@ impl LabError {
             path: path.to_owned(),
             source,
         }
+    }
+}
+
+/// The lab creates and enters network namespaces: only root may.
+pub fn require_root() -> Result<(), LabError> {
+    if margay_sys::process::is_root() {
+        Ok(())
+    } else {
+        Err(LabError::NotRoot)
     }
 }
 

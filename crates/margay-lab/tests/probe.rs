@@ -2,6 +2,7 @@
 //! namespace; a guard deletes them all even when the test panics. Needs root (CI runs as
 //! root); without it each test prints "skipped: needs root" and passes.
 
+use margay_sys::process::is_root;
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,16 +18,6 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 const SERVED: u16 = 80;
 /// Served by nobody.
 const UNSERVED: u16 = 81;
-
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    // "Uid:\treal\teffective\t…"
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
 
 fn run(program: &str, args: &[&str]) {
     let out = Command::new(program)

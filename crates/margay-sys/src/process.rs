@@ -39,6 +39,12 @@ pub fn is_alive(pid: u32) -> bool {
     state.is_some_and(|state| !matches!(state, "Z" | "X"))
 }
 
+/// Whether this process runs as root (effective user 0): what namespaces, links and the
+/// root tests need.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 /// Raises this process's soft limit on open files to its hard limit, and returns the new
 /// soft limit: a lab probe holds one socket per pod pair at once (900 for 30 pods), just
 /// under the usual soft limit of 1024.

@@ -6,6 +6,7 @@
 //! "host" side of a pod is itself a throwaway namespace. The lab's own named namespaces
 //! (`NetNs::create_named`, `mgylab-<pid>-<n>`) have a guard of their own.
 
+use margay_sys::process::is_root;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -24,16 +25,6 @@ use serde_json::Value;
 
 const HOST_MAC: Mac = [0xee, 0xee, 0xee, 0xee, 0xee, 0xee];
 const POD_MAC: Mac = [0x0a, 0x58, 0x0a, 0x41, 0x00, 0x07];
-
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    // "Uid:\treal\teffective\t…"
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
 
 macro_rules! require_root {
     () => {

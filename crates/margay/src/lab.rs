@@ -125,24 +125,10 @@ fn lab_datastore(global: &str) -> anyhow::Result<Option<DatastoreKind>> {
     })
 }
 
-/// The lab creates and enters network namespaces: only root may.
-fn require_root() -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the process's effective user.
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0);
-    anyhow::ensure!(
-        uid == 0,
-        "margay lab needs root: it creates and enters network namespaces (try sudo)"
-    );
-    Ok(())
-}
-
 pub fn run(cmd: LabCommand, global_datastore: &str) -> anyhow::Result<()> {
     let host = LinuxHost;
     if !matches!(cmd, LabCommand::Serve { .. }) {
-        require_root()?;
+        margay_lab::require_root()?;
     }
     match cmd {
         LabCommand::Up(args) => up(&host, args, lab_datastore(global_datastore)?),

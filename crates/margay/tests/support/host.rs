@@ -11,12 +11,7 @@ use serde_json::Value;
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+    margay_sys::process::is_root()
 }
 
 /// A name no other test (or test process) uses: `mg<tag><pid>x<n>`.
