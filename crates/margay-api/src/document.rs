@@ -170,7 +170,7 @@ pub fn decode(doc: Value) -> Result<Decoded, FieldError> {
         })?;
 
     if source != Source::Margay {
-        strip_server_fields(&mut map);
+        strip_server_fields(kind, &mut map);
     }
     if source == Source::Calico {
         Resource::migrate_calico(kind, &mut map);
@@ -260,8 +260,11 @@ fn take_string(map: &mut Map<String, Value>, field: &'static str) -> Result<Stri
     }
 }
 
-fn strip_server_fields(map: &mut Map<String, Value>) {
-    map.remove("status");
+fn strip_server_fields(kind: Kind, map: &mut Map<String, Value>) {
+    // A Pod's status carries its addresses, which the Pod kind keeps (and nothing else of it).
+    if kind != Kind::Pod {
+        map.remove("status");
+    }
     if let Some(Value::Object(meta)) = map.get_mut("metadata") {
         for f in SERVER_METADATA.iter().chain(CONTROLLER_METADATA) {
             meta.remove(*f);

@@ -67,13 +67,18 @@ fn pod_exposes_what_cni_and_policy_read() {
     let printed = d.resource.to_value();
     assert_eq!(printed["apiVersion"], "v1");
     assert_eq!(printed["kind"], "Pod");
-    // Server fields and status go; the spec is kept verbatim, unknown fields included.
-    assert!(printed.get("status").is_none());
+    // Server fields go, and of the status only the addresses stay; the spec is kept
+    // verbatim, unknown fields included.
+    assert_eq!(printed["status"], json!({"podIP": "10.233.102.7"}));
     assert!(printed["metadata"].get("uid").is_none());
     assert_eq!(printed["spec"]["someFutureField"], json!({"enabled": true}));
     assert_round_trips(&d);
 
     let pod = Pod::try_from(d.resource).unwrap();
+    assert_eq!(
+        pod.ips(),
+        ["10.233.102.7".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_eq!(pod.namespace(), "shop");
     assert_eq!(pod.labels()["app"], "web");
     assert_eq!(pod.node_name(), Some("u22"));
@@ -99,6 +104,41 @@ fn pod_exposes_what_cni_and_policy_read() {
             },
         ]
     );
+}
+
+#[test]
+fn pod_ips_come_from_status_then_calico_annotations() {
+    let ips = |doc: serde_json::Value| Pod::try_from(decode(doc).unwrap().resource).unwrap().ips();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let dual = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "a", "namespace": "x",
+                     "annotations": {"cni.projectcalico.org/podIP": "10.0.0.9/32"}},
+        "status": {"phase": "Running", "podIP": "10.0.0.1",
+                   "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]}
+    });
+    assert_eq!(ips(dual), [ip("10.0.0.1"), ip("fd00::1")]);
+    let annotated = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "a", "namespace": "x",
+                     "annotations": {"cni.projectcalico.org/podIPs": "10.0.0.9/32,fd00::9/128"}}
+    });
+    assert_eq!(ips(annotated), [ip("10.0.0.9"), ip("fd00::9")]);
+    let pending = json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x"},
+        "status": {"phase": "Pending"}
+    });
+    let d = decode(pending).unwrap();
+    assert!(d.resource.to_value().get("status").is_none());
+    assert!(Pod::try_from(d.resource).unwrap().ips().is_empty());
+
+    let err = decode(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "x"},
+        "status": {"podIP": "10.0.0.300"}
+    }))
+    .unwrap_err();
+    assert_eq!(err.field, "status");
+    assert!(err.message.contains("podIP"), "{err}");
 }
 
 #[test]

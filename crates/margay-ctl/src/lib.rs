@@ -3,6 +3,7 @@
 pub mod input;
 pub mod ipam;
 pub mod output;
+pub mod policy;
 pub mod resources;
 
 pub use input::{decode_all, read_sources, SourceDoc};

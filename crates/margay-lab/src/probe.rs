@@ -6,16 +6,13 @@
 //! denied matrix take one timeout rather than one per pair.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::thread;
 use std::time::Duration;
 
 use margay_sys::netns::NetNs;
-use serde::{Deserialize, Serialize};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpSocket, UdpSocket};
@@ -29,39 +26,41 @@ const FD_HEADROOM: u64 = 256;
 /// itself never retries.
 const UDP_RESEND: Duration = Duration::from_millis(200);
 
-/// A transport protocol, spelled `TCP`/`UDP` like Kubernetes' `NetworkPolicyPort.protocol`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Protocol {
+/// The matrix types are the policy engine's, so that what `margay policy matrix` predicts and
+/// what the probe measures are the same values.
+pub use margay_policy::{render_table, Matrix, Protocol, Report, UnknownProtocol};
+
+/// The transports the lab can probe and serve: the kernels it runs on are built without SCTP
+/// sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
     Tcp,
     Udp,
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        })
+impl Transport {
+    /// `None` for SCTP.
+    pub(crate) fn of(protocol: Protocol) -> Option<Transport> {
+        match protocol {
+            Protocol::Tcp => Some(Transport::Tcp),
+            Protocol::Udp => Some(Transport::Udp),
+            Protocol::Sctp => None,
+        }
     }
-}
 
-/// A protocol name that is neither TCP nor UDP.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown protocol {0:?}: expected TCP or UDP")]
-pub struct UnknownProtocol(pub String);
+    pub(crate) fn protocol(self) -> Protocol {
+        match self {
+            Transport::Tcp => Protocol::Tcp,
+            Transport::Udp => Protocol::Udp,
+        }
+    }
 
-impl FromStr for Protocol {
-    type Err = UnknownProtocol;
-
-    /// Any case: `tcp` on a command line means TCP.
-    fn from_str(s: &str) -> Result<Protocol, UnknownProtocol> {
-        if s.eq_ignore_ascii_case("tcp") {
-            Ok(Protocol::Tcp)
-        } else if s.eq_ignore_ascii_case("udp") {
-            Ok(Protocol::Udp)
-        } else {
-            Err(UnknownProtocol(s.to_owned()))
+    /// A socket of this transport in `ip`'s family.
+    pub(crate) fn socket(self, ip: IpAddr) -> io::Result<Socket> {
+        let domain = Domain::for_address(SocketAddr::new(ip, 0));
+        match self {
+            Transport::Tcp => Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP)),
+            Transport::Udp => Socket::new(domain, Type::DGRAM, Some(socket2::Protocol::UDP)),
         }
     }
 }
@@ -74,24 +73,6 @@ pub struct Endpoint {
     /// Its network namespace, e.g. `/var/run/netns/…`.
     pub netns: PathBuf,
     pub ip: IpAddr,
-}
-
-/// Who reaches whom on one port. Pairs are `(from, to)`, sorted.
-///
-/// The JSON shape is a contract shared with `margay policy matrix`, which predicts what
-/// `margay lab probe` measures: `{"port":80,"protocol":"TCP","allowed":[["x/a","y/b"]],…}`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Matrix {
-    pub port: u16,
-    pub protocol: Protocol,
-    pub allowed: Vec<(String, String)>,
-    pub denied: Vec<(String, String)>,
-}
-
-/// Several matrices, as printed by `--output json`: `{"probes":[…]}`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub probes: Vec<Matrix>,
 }
 
 /// The probe could not run (as opposed to a pair being denied, which is a result).
@@ -112,6 +93,8 @@ pub enum ProbeError {
     },
     #[error("starting the probe runtime: {0}")]
     Runtime(io::Error),
+    #[error("SCTP cannot be probed: this kernel has no SCTP sockets")]
+    Sctp,
 }
 
 /// Every endpoint tries every endpoint (itself included) on `port`, all at once, each try
@@ -127,12 +110,13 @@ pub fn probe(
     protocol: Protocol,
     timeout: Duration,
 ) -> Result<Matrix, ProbeError> {
+    let transport = Transport::of(protocol).ok_or(ProbeError::Sctp)?;
     let tries = endpoints.len() * endpoints.len();
     allow_open_files(tries as u64 + FD_HEADROOM);
     let mut pairs = Vec::with_capacity(tries);
     let mut asks = Vec::with_capacity(tries);
     for from in endpoints {
-        let sockets = open_sockets(from, endpoints, protocol)?;
+        let sockets = open_sockets(from, endpoints, transport)?;
         for (to, socket) in endpoints.iter().zip(sockets) {
             pairs.push((from.id.clone(), to.id.clone()));
             asks.push(Ask {
@@ -142,7 +126,7 @@ pub fn probe(
             });
         }
     }
-    let outcomes = run_tries(asks, protocol, timeout)?;
+    let outcomes = run_tries(asks, transport, timeout)?;
     let mut allowed = BTreeSet::new();
     let mut denied = BTreeSet::new();
     for (pair, ok) in pairs.into_iter().zip(outcomes) {
@@ -182,18 +166,14 @@ fn allow_open_files(needed: u64) {
 fn open_sockets(
     from: &Endpoint,
     targets: &[Endpoint],
-    protocol: Protocol,
+    transport: Transport,
 ) -> Result<Vec<Socket>, ProbeError> {
     let netns_error = |error| ProbeError::Netns {
         id: from.id.clone(),
         error,
     };
     let new_socket = |ip: IpAddr| -> io::Result<Socket> {
-        let domain = Domain::for_address(SocketAddr::new(ip, 0));
-        let socket = match protocol {
-            Protocol::Tcp => Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))?,
-            Protocol::Udp => Socket::new(domain, Type::DGRAM, Some(socket2::Protocol::UDP))?,
-        };
+        let socket = transport.socket(ip)?;
         socket.set_nonblocking(true)?;
         Ok(socket)
     };
@@ -208,7 +188,7 @@ fn open_sockets(
         .map_err(netns_error)?
         .map_err(|error| ProbeError::Socket {
             id: from.id.clone(),
-            protocol,
+            protocol: transport.protocol(),
             error,
         })
 }
@@ -227,7 +207,7 @@ struct Ask {
 /// `block_on` would panic) can call [`probe`] too.
 fn run_tries(
     asks: Vec<Ask>,
-    protocol: Protocol,
+    transport: Transport,
     timeout: Duration,
 ) -> Result<Vec<bool>, ProbeError> {
     let run = move || {
@@ -240,9 +220,9 @@ fn run_tries(
             let deadline = Instant::now() + timeout;
             let tries = asks.into_iter().map(|ask| async move {
                 let answer = async {
-                    match protocol {
-                        Protocol::Tcp => ask_tcp(ask.socket, ask.target, ask.want.len()).await,
-                        Protocol::Udp => ask_udp(ask.socket, ask.target).await,
+                    match transport {
+                        Transport::Tcp => ask_tcp(ask.socket, ask.target, ask.want.len()).await,
+                        Transport::Udp => ask_udp(ask.socket, ask.target).await,
                     }
                 };
                 matches!(
@@ -289,157 +269,9 @@ async fn ask_udp(socket: Socket, target: SocketAddr) -> io::Result<Vec<u8>> {
     }
 }
 
-/// The matrix as a truth table, like the Kubernetes network-policy e2e suite prints: sources
-/// are rows, targets columns, `.` allowed, `X` denied (`?` for a pair not probed). Columns
-/// are numbered, and each row starts with its number and id, so the rows are also the legend
-/// and 30 pods with long ids still fit a terminal.
-pub fn render_table(m: &Matrix, ids: &[String]) -> String {
-    let allowed: BTreeSet<(&str, &str)> = m
-        .allowed
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let denied: BTreeSet<(&str, &str)> = m
-        .denied
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let num = ids.len().to_string().len();
-    let id_width = ids.iter().map(|id| id.chars().count()).max().unwrap_or(0);
-    let columns = (1..=ids.len())
-        .map(|i| format!("{i:>num$}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut out = format!(
-        "{}/{} (rows: from, columns: to; . allowed, X denied)\n",
-        m.port, m.protocol
-    );
-    out += &format!("{:pad$}{columns}\n", "", pad = num + 1 + id_width + 2);
-    for (i, from) in ids.iter().enumerate() {
-        let cells = ids
-            .iter()
-            .map(|to| {
-                let pair = (from.as_str(), to.as_str());
-                let cell = if allowed.contains(&pair) {
-                    "."
-                } else if denied.contains(&pair) {
-                    "X"
-                } else {
-                    "?"
-                };
-                format!("{cell:>num$}")
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-        out += &format!("{:>num$} {from:<id_width$}  {cells}\n", i + 1);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn protocol_parses_any_case_and_displays_upper_case() {
-        for s in ["TCP", "tcp", "Tcp"] {
-            assert_eq!(s.parse::<Protocol>(), Ok(Protocol::Tcp));
-        }
-        assert_eq!("uDp".parse::<Protocol>(), Ok(Protocol::Udp));
-        assert_eq!(
-            "sctp".parse::<Protocol>().unwrap_err().to_string(),
-            r#"unknown protocol "sctp": expected TCP or UDP"#
-        );
-        assert_eq!(Protocol::Tcp.to_string(), "TCP");
-        assert_eq!(Protocol::Udp.to_string(), "UDP");
-    }
-
-    /// The contract with `margay policy matrix`: do not change this shape.
-    #[test]
-    fn report_json_shape_is_pinned() {
-        let report = Report {
-            probes: vec![
-                Matrix {
-                    port: 80,
-                    protocol: Protocol::Tcp,
-                    allowed: pairs(&[("x/a", "x/a"), ("x/a", "y/b")]),
-                    denied: pairs(&[("y/b", "x/a")]),
-                },
-                Matrix {
-                    port: 53,
-                    protocol: Protocol::Udp,
-                    allowed: vec![],
-                    denied: pairs(&[("x/a", "y/b")]),
-                },
-            ],
-        };
-        let json = r#"{"probes":[{"port":80,"protocol":"TCP","allowed":[["x/a","x/a"],["x/a","y/b"]],"denied":[["y/b","x/a"]]},{"port":53,"protocol":"UDP","allowed":[],"denied":[["x/a","y/b"]]}]}"#;
-        assert_eq!(serde_json::to_string(&report).unwrap(), json);
-        assert_eq!(serde_json::from_str::<Report>(json).unwrap(), report);
-    }
-
-    #[test]
-    fn table_has_sources_as_rows_and_targets_as_columns() {
-        let ids: Vec<String> = ["x/a", "x/b", "y/long-name"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let m = Matrix {
-            port: 80,
-            protocol: Protocol::Tcp,
-            allowed: pairs(&[
-                ("x/a", "x/a"),
-                ("x/a", "x/b"),
-                ("x/b", "x/b"),
-                ("y/long-name", "x/a"),
-                ("y/long-name", "y/long-name"),
-            ]),
-            denied: pairs(&[
-                ("x/a", "y/long-name"),
-                ("x/b", "x/a"),
-                ("x/b", "y/long-name"),
-            ]),
-        };
-        assert_eq!(
-            render_table(&m, &ids),
-            "\
-80/TCP (rows: from, columns: to; . allowed, X denied)
-               1 2 3
-1 x/a          . . X
-2 x/b          X . X
-3 y/long-name  . ? .
-"
-        );
-    }
-
-    #[test]
-    fn table_columns_stay_aligned_past_nine_pods() {
-        let ids: Vec<String> = (1..=10).map(|i| format!("n/p{i}")).collect();
-        let m = Matrix {
-            port: 53,
-            protocol: Protocol::Udp,
-            allowed: vec![],
-            denied: ids
-                .iter()
-                .flat_map(|a| ids.iter().map(|b| (a.clone(), b.clone())))
-                .collect(),
-        };
-        let table = render_table(&m, &ids);
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(
-            lines[0],
-            "53/UDP (rows: from, columns: to; . allowed, X denied)"
-        );
-        assert_eq!(lines[1], "           1  2  3  4  5  6  7  8  9 10");
-        assert_eq!(lines[2], " 1 n/p1    X  X  X  X  X  X  X  X  X  X");
-        assert_eq!(lines[11], "10 n/p10   X  X  X  X  X  X  X  X  X  X");
-    }
 
     #[test]
     fn a_missing_namespace_is_an_error_naming_the_endpoint() {
@@ -454,6 +286,15 @@ mod tests {
                 "endpoint x/gone: opening netns /var/run/netns/margay-lab-no-such-namespace: "
             ),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn sctp_cannot_be_probed() {
+        let e = probe(&[], 80, Protocol::Sctp, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "SCTP cannot be probed: this kernel has no SCTP sockets"
         );
     }
 

@@ -10,12 +10,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
-use socket2::{Domain, Socket, Type};
+use socket2::Socket;
 
 /// `socket()`'s answer for an address family the kernel was built without.
 const EAFNOSUPPORT: i32 = rustix::io::Errno::AFNOSUPPORT.raw_os_error();
 
-use crate::probe::Protocol;
+use crate::probe::{Protocol, Transport};
 
 /// What `margay lab serve` was asked to serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,8 @@ enum Bound {
 /// On a kernel without IPv6 it serves IPv4 alone; any other failure is an error.
 pub fn bind(opts: &ServeOptions) -> Result<Server, ServeError> {
     let mut sockets = Vec::new();
-    for (protocol, ports) in [(Protocol::Tcp, &opts.tcp), (Protocol::Udp, &opts.udp)] {
+    for (transport, ports) in [(Transport::Tcp, &opts.tcp), (Transport::Udp, &opts.udp)] {
+        let protocol = transport.protocol();
         for &port in ports {
             for ip in [
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -83,17 +84,17 @@ pub fn bind(opts: &ServeOptions) -> Result<Server, ServeError> {
                     ip,
                     error,
                 };
-                let socket = match open(protocol, ip) {
+                let socket = match open(transport, ip) {
                     Ok(socket) => socket,
                     // A kernel without IPv6 (ipv6.disable=1): serve IPv4 alone. (A namespace
                     // with IPv6 merely disabled by sysctl still binds `::`.)
                     Err(e) if ip.is_ipv6() && e.raw_os_error() == Some(EAFNOSUPPORT) => continue,
                     Err(error) => return Err(bind_error(error)),
                 };
-                bind_one(&socket, protocol, SocketAddr::new(ip, port)).map_err(bind_error)?;
-                sockets.push(match protocol {
-                    Protocol::Tcp => Bound::Tcp(port, socket.into()),
-                    Protocol::Udp => Bound::Udp(port, socket.into()),
+                bind_one(&socket, transport, SocketAddr::new(ip, port)).map_err(bind_error)?;
+                sockets.push(match transport {
+                    Transport::Tcp => Bound::Tcp(port, socket.into()),
+                    Transport::Udp => Bound::Udp(port, socket.into()),
                 });
             }
         }
@@ -104,26 +105,22 @@ pub fn bind(opts: &ServeOptions) -> Result<Server, ServeError> {
     })
 }
 
-/// A blocking socket of `protocol`'s type in `ip`'s family.
-fn open(protocol: Protocol, ip: IpAddr) -> io::Result<Socket> {
-    let domain = Domain::for_address(SocketAddr::new(ip, 0));
-    let socket = match protocol {
-        Protocol::Tcp => Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))?,
-        Protocol::Udp => Socket::new(domain, Type::DGRAM, Some(socket2::Protocol::UDP))?,
-    };
+/// A blocking socket of `transport` in `ip`'s family.
+fn open(transport: Transport, ip: IpAddr) -> io::Result<Socket> {
+    let socket = transport.socket(ip)?;
     if ip.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     Ok(socket)
 }
 
-fn bind_one(socket: &Socket, protocol: Protocol, addr: SocketAddr) -> io::Result<()> {
-    if protocol == Protocol::Tcp {
+fn bind_one(socket: &Socket, transport: Transport, addr: SocketAddr) -> io::Result<()> {
+    if transport == Transport::Tcp {
         // A restarted server must not wait out the TIME_WAIT of its last connections.
         socket.set_reuse_address(true)?;
     }
     socket.bind(&addr.into())?;
-    if protocol == Protocol::Tcp {
+    if transport == Transport::Tcp {
         socket.listen(128)?;
     }
     Ok(())

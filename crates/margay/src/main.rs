@@ -59,6 +59,9 @@ enum Command {
     Node(NodeCommand),
     /// Install the CNI plugin (`margay`, `margay-ipam`) and write 10-margay.conflist.
     InstallCni(InstallCniArgs),
+    /// Network policy, as the engine computes it.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// A whole cluster in network namespaces on this machine: up, probe, status, exec, down.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -66,6 +69,24 @@ enum Command {
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// The reachability every endpoint pair would have, computed offline from the datastore or
+    /// from files (Namespaces, Pods with labels/named ports/IPs, policies of every kind).
+    Matrix {
+        /// Read these files or directories instead of the datastore (`-` is standard input).
+        #[arg(long, num_args = 1..)]
+        from_files: Vec<String>,
+        /// Only this port [default: every named port the endpoints declare, else 80].
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, ignore_case = true)]
+        protocol: Option<margay_policy::Protocol>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: StatusOutput,
     },
 }
 
@@ -352,6 +373,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             return runtime.block_on(node(&cli, cmd));
         }
+        Command::Policy(PolicyCommand::Matrix {
+            from_files,
+            port,
+            protocol,
+            output,
+        }) if !from_files.is_empty() => {
+            let (cluster, warnings) = margay_ctl::policy::cluster_from_files(from_files)?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            return print_matrices(&cluster, *port, *protocol, *output);
+        }
         Command::Lab(_) => {
             let Command::Lab(cmd) = cli.command else {
                 unreachable!("matched above")
@@ -466,6 +499,15 @@ async fn run_with_datastore(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ipam(cmd) => ipam(&client, cmd).await,
+        Command::Policy(PolicyCommand::Matrix {
+            port,
+            protocol,
+            output,
+            ..
+        }) => {
+            let cluster = margay_ctl::policy::cluster_from_datastore(&client).await?;
+            print_matrices(&cluster, port, protocol, output)
+        }
         Command::Version
         | Command::InstallCni(_)
         | Command::Node(_)
@@ -577,6 +619,20 @@ async fn write(client: &Client, args: WriteArgs, mode: ApplyMode) -> anyhow::Res
     let scope = NamespaceScope::One(args.namespace);
     let report = margay_ctl::apply_files(client, &args.files, mode, &scope).await?;
     print_report(&report)
+}
+
+fn print_matrices(
+    cluster: &margay_policy::Cluster,
+    port: Option<u16>,
+    protocol: Option<margay_policy::Protocol>,
+    output: StatusOutput,
+) -> anyhow::Result<()> {
+    let report = margay_ctl::policy::matrices(cluster, port, protocol);
+    match output {
+        StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        StatusOutput::Table => print!("{}", margay_ctl::policy::render(cluster, &report)),
+    }
+    Ok(())
 }
 
 fn print_report(report: &Report) -> anyhow::Result<()> {

@@ -330,3 +330,130 @@ fn version_and_completion() {
     let script = env.ok(&["completion", "bash"]);
     assert!(script.contains("_margay()"), "{script}");
 }
+
+const POLICY_FIXTURE: &str = include_str!("../../margay-policy/tests/upstream/fixture.yaml");
+
+/// `x` only admits traffic from its own namespace, on port 80.
+const ALLOW_SAME_NAMESPACE: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: same-ns, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+    - from: [{podSelector: {}}]
+      ports: [{port: serve-80-tcp}]
+"#;
+
+#[test]
+fn policy_matrix_from_files_and_from_the_datastore_agree() {
+    let env = Env::sqlite();
+    let fixture = env.file("fixture.yaml", POLICY_FIXTURE);
+    let policy = env.file("policy.yaml", ALLOW_SAME_NAMESPACE);
+    let files = [fixture.to_str().unwrap(), policy.to_str().unwrap()];
+    let offline: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "policy",
+        "matrix",
+        "--port",
+        "80",
+        "--protocol",
+        "TCP",
+        "-o",
+        "json",
+        "--from-files",
+        files[0],
+        files[1],
+    ]))
+    .unwrap();
+    let m = &offline["probes"][0];
+    assert_eq!(
+        (m["port"].as_u64(), m["protocol"].as_str()),
+        (Some(80), Some("TCP"))
+    );
+    let denied: Vec<(String, String)> = serde_json::from_value(m["denied"].clone()).unwrap();
+    // Into x only from x; everything else open.
+    assert_eq!(denied.len(), 6 * 3, "{denied:?}");
+    assert!(denied
+        .iter()
+        .all(|(from, to)| to.starts_with("x/") && !from.starts_with("x/")));
+    // Port 81 is not in the policy: x is isolated for it.
+    let on_81: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "policy",
+        "matrix",
+        "--port",
+        "81",
+        "-o",
+        "json",
+        "--from-files",
+        files[0],
+        files[1],
+    ]))
+    .unwrap();
+    let denied_81 = on_81["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["protocol"] == "TCP")
+        .unwrap()["denied"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        denied_81,
+        9 * 3 - 3,
+        "everything into x but each pod to itself"
+    );
+    // The same documents stored in the datastore give the same matrix.
+    assert!(env.apply(&fixture).status.success());
+    assert!(env.apply(&policy).status.success());
+    let stored: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "policy",
+        "matrix",
+        "--port",
+        "80",
+        "--protocol",
+        "tcp",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(stored, offline);
+    let table = env.ok(&["policy", "matrix", "--port", "80", "--protocol", "TCP"]);
+    assert!(table.contains("80/TCP: 63 allowed, 18 denied"), "{table}");
+}
+
+#[test]
+fn policy_matrix_names_what_it_cannot_model() {
+    let env = Env::sqlite();
+    let untracked = env.file(
+        "untracked.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: raw}\n\
+         spec: {selector: all(), doNotTrack: true, applyOnForward: true, ingress: [{action: Allow}]}\n",
+    );
+    let out = env.run(&[
+        "policy",
+        "matrix",
+        "--from-files",
+        untracked.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("(GlobalNetworkPolicy raw): spec.doNotTrack: doNotTrack is not supported yet"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let orphan = env.file(
+        "orphan.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: ops.lock}\n\
+         spec: {tier: ops, selector: all(), ingress: [{action: Deny}]}\n",
+    );
+    let out = env.run(&["policy", "matrix", "--from-files", orphan.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("GlobalNetworkPolicy ops.lock") && err.contains("ops"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

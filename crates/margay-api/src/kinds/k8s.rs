@@ -1,7 +1,9 @@
 //! The Kubernetes kinds Margay reads: `v1 Namespace` and `v1 Pod`. Only what the CNI plugin
-//! and the policy engine use is interpreted; the rest of a Pod spec is kept verbatim.
+//! and the policy engine use is interpreted; the rest of a Pod spec is kept verbatim, and of
+//! its status only the addresses.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -97,7 +99,76 @@ pub struct Pod {
     pub metadata: ObjectMeta,
     #[serde(default = "empty_object")]
     pub spec: Value,
+    /// Only the addresses survive: they are what `kubectl get pods -o yaml` files give the
+    /// policy engine to match `ipBlock`s and network sets against.
+    #[serde(default, skip_serializing_if = "PodStatus::is_empty")]
+    pub status: PodStatus,
 }
+
+/// The part of a Pod's status Margay keeps: `podIP` and `podIPs[].ip`. The rest (phase,
+/// conditions, container states) changes constantly and means nothing to networking.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<IpAddr>,
+    #[serde(rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<PodIp>,
+}
+
+/// One entry of `status.podIPs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIp {
+    pub ip: IpAddr,
+}
+
+impl PodStatus {
+    pub fn is_empty(&self) -> bool {
+        self.pod_ip.is_none() && self.pod_ips.is_empty()
+    }
+}
+
+/// Reads through `Value` so that the status fields Margay drops never count as unknown.
+impl<'de> Deserialize<'de> for PodStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PodStatus, D::Error> {
+        use serde::de::Error;
+        let status = Value::deserialize(d)?;
+        let ip = |v: &Value, field: &str| -> Result<Option<IpAddr>, D::Error> {
+            match v {
+                Value::Null => Ok(None),
+                Value::String(s) if s.is_empty() => Ok(None),
+                Value::String(s) => s
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| D::Error::custom(format!("{field}: {s:?} is not an IP address"))),
+                _ => Err(D::Error::custom(format!("{field}: must be a string"))),
+            }
+        };
+        let pod_ip = match status.get("podIP") {
+            Some(v) => ip(v, "podIP")?,
+            None => None,
+        };
+        let mut pod_ips = Vec::new();
+        match status.get("podIPs") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(entries)) => {
+                for (i, entry) in entries.iter().enumerate() {
+                    let field = format!("podIPs[{i}].ip");
+                    if let Some(ip) = ip(entry.get("ip").unwrap_or(&Value::Null), &field)? {
+                        pod_ips.push(PodIp { ip });
+                    }
+                }
+            }
+            Some(_) => return Err(D::Error::custom("podIPs: must be a list")),
+        }
+        Ok(PodStatus { pod_ip, pod_ips })
+    }
+}
+
+/// Calico's CNI plugin records the addresses in these annotations too, and Calico falls back
+/// on them when the status has none yet.
+const ANNOTATION_POD_IPS: &str = "cni.projectcalico.org/podIPs";
+const ANNOTATION_POD_IP: &str = "cni.projectcalico.org/podIP";
 
 fn empty_object() -> Value {
     Value::Object(Map::new())
@@ -108,7 +179,34 @@ impl Pod {
         Pod {
             metadata: ObjectMeta::namespaced(namespace, name),
             spec,
+            status: PodStatus::default(),
         }
+    }
+
+    /// The Pod's addresses as Calico reads them: `status.podIPs`, else `status.podIP`, else
+    /// the `cni.projectcalico.org/podIPs` / `podIP` annotations (addresses or CIDRs, comma
+    /// separated). Empty when the Pod has none yet.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        if !self.status.pod_ips.is_empty() {
+            return self.status.pod_ips.iter().map(|p| p.ip).collect();
+        }
+        if let Some(ip) = self.status.pod_ip {
+            return vec![ip];
+        }
+        [ANNOTATION_POD_IPS, ANNOTATION_POD_IP]
+            .iter()
+            .filter_map(|a| self.metadata.annotations.get(*a))
+            .find(|v| !v.trim().is_empty())
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|item| {
+                        let item = item.trim();
+                        let addr = item.split_once('/').map_or(item, |(addr, _)| addr);
+                        addr.parse().ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn namespace(&self) -> &str {

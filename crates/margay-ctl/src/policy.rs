@@ -1,0 +1,87 @@
+//! `margay policy matrix`: the reachability the policy engine computes, from the datastore or
+//! from files, without touching any dataplane.
+
+use margay_api::Kind;
+use margay_client::Client;
+use margay_policy::{Cluster, Protocol, Report};
+
+use crate::{decode_all, read_sources, CtlError, Result};
+
+/// The kinds the policy engine reads.
+const POLICY_INPUTS: [Kind; 10] = [
+    Kind::Namespace,
+    Kind::Pod,
+    Kind::WorkloadEndpoint,
+    Kind::KubernetesNetworkPolicy,
+    Kind::NetworkPolicy,
+    Kind::GlobalNetworkPolicy,
+    Kind::Tier,
+    Kind::Profile,
+    Kind::NetworkSet,
+    Kind::GlobalNetworkSet,
+];
+
+fn model_error(origin: &str, e: margay_policy::PolicyError) -> CtlError {
+    CtlError::Input {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// Everything the engine reads, as stored.
+pub async fn cluster_from_datastore(client: &Client) -> Result<Cluster> {
+    let mut resources = Vec::new();
+    for kind in POLICY_INPUTS {
+        resources.extend(client.list_resources(kind, None).await?);
+    }
+    Cluster::from_resources(resources).map_err(|e| model_error(&client.datastore().describe(), e))
+}
+
+/// Namespaces, Pods (labels, named ports, `status.podIPs`) and policies of every kind, from
+/// files as `kubectl get -o yaml` or `calicoctl get -o yaml` print them.
+pub fn cluster_from_files(paths: &[String]) -> Result<(Cluster, Vec<String>)> {
+    let docs = read_sources(paths)?;
+    let (resources, warnings) = decode_all(&docs, "default")?;
+    let cluster =
+        Cluster::from_resources(resources).map_err(|e| model_error(&paths.join(", "), e))?;
+    Ok((cluster, warnings))
+}
+
+/// One matrix per (port, protocol): the ones asked for, or else every named port the
+/// endpoints declare (80/TCP when they declare none).
+pub fn matrices(cluster: &Cluster, port: Option<u16>, protocol: Option<Protocol>) -> Report {
+    let mut targets: Vec<(u16, Protocol)> = cluster
+        .endpoints()
+        .iter()
+        .flat_map(|e| e.named_ports.iter().map(|p| (p.port, p.protocol)))
+        .filter(|(p, pr)| port.is_none_or(|want| want == *p) && protocol.is_none_or(|w| w == *pr))
+        .collect();
+    targets.sort();
+    targets.dedup();
+    if targets.is_empty() {
+        targets.push((port.unwrap_or(80), protocol.unwrap_or(Protocol::Tcp)));
+    }
+    Report {
+        probes: targets
+            .into_iter()
+            .map(|(port, protocol)| margay_policy::matrix(cluster, port, protocol))
+            .collect(),
+    }
+}
+
+/// The tables, one per matrix, with a count line under each.
+pub fn render(cluster: &Cluster, report: &Report) -> String {
+    let ids: Vec<String> = cluster.endpoints().iter().map(|e| e.id.clone()).collect();
+    let mut out = String::new();
+    for m in &report.probes {
+        out.push_str(&margay_policy::render_table(m, &ids));
+        out.push_str(&format!(
+            "\n{}/{}: {} allowed, {} denied\n\n",
+            m.port,
+            m.protocol,
+            m.allowed.len(),
+            m.denied.len()
+        ));
+    }
+    out
+}
