@@ -12,6 +12,7 @@ pub mod state;
 pub mod status;
 pub mod topology;
 pub mod up;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 

@@ -63,6 +63,18 @@ pub enum LabCommand {
         #[arg(short, long, value_enum, default_value = "table")]
         output: TableOrJson,
     },
+    /// Probe the lab and compare with `policy matrix` on its datastore: prints every pair
+    /// where the packets and the policy model disagree; exits 1 if there is any.
+    Verify {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, value_enum)]
+        protocol: Option<ProbeProtocol>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: TableOrJson,
+    },
     /// The pod's server (started by `lab up` inside each pod).
     #[command(hide = true)]
     Serve {
@@ -101,6 +113,15 @@ pub enum TableOrJson {
 pub enum ProbeProtocol {
     Tcp,
     Udp,
+}
+
+impl From<ProbeProtocol> for Protocol {
+    fn from(p: ProbeProtocol) -> Protocol {
+        match p {
+            ProbeProtocol::Tcp => Protocol::Tcp,
+            ProbeProtocol::Udp => Protocol::Udp,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -188,13 +209,59 @@ pub fn run(cmd: LabCommand, global_datastore: &str) -> anyhow::Result<()> {
             output,
         } => {
             let state = margay_lab::load(&lab.lab_root, &lab.name)?;
-            let protocol = protocol.map(|p| match p {
-                ProbeProtocol::Tcp => Protocol::Tcp,
-                ProbeProtocol::Udp => Protocol::Udp,
-            });
-            let targets = probe_targets(&state, port, protocol);
+            let targets = probe_targets(&state, port, protocol.map(ProbeProtocol::into));
             let matrices = status::probe_lab(&state, &targets)?;
             print_matrices(&state, matrices, output)
+        }
+        LabCommand::Verify {
+            lab,
+            port,
+            protocol,
+            output,
+        } => {
+            let state = margay_lab::load(&lab.lab_root, &lab.name)?;
+            let targets = probe_targets(&state, port, protocol.map(ProbeProtocol::into));
+            let diffs = margay_lab::verify::verify(&state, &targets)?;
+            match output {
+                TableOrJson::Json => println!("{}", serde_json::to_string_pretty(&diffs)?),
+                TableOrJson::Table if diffs.is_empty() => println!(
+                    "probe and policy matrix agree on every pair ({})",
+                    targets
+                        .iter()
+                        .map(|(p, pr)| format!("{p}/{pr}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                TableOrJson::Table => {
+                    let rows: Vec<Vec<String>> = diffs
+                        .iter()
+                        .map(|d| {
+                            let word = |b: bool| if b { "allowed" } else { "denied" }.to_owned();
+                            vec![
+                                format!("{}/{}", d.port, d.protocol),
+                                d.from.clone(),
+                                d.to.clone(),
+                                word(d.probed),
+                                word(d.expected),
+                            ]
+                        })
+                        .collect();
+                    print!(
+                        "{}",
+                        margay_ctl::output::render_table(
+                            &["PORT", "FROM", "TO", "PROBE", "POLICY MATRIX"],
+                            &rows
+                        )
+                    );
+                }
+            }
+            if !diffs.is_empty() {
+                anyhow::bail!(
+                    "{} pairs differ between lab probe and policy matrix",
+                    diffs.len()
+                );
+            }
+            Ok(())
         }
         LabCommand::Serve { name, tcp, udp } => {
             let server =

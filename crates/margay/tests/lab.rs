@@ -284,6 +284,14 @@ fn exec_apply_status_and_probe_filters() {
     assert_fully_connected(&one, 2, 1);
     let none = lab.json("probe", &["--port", "8080", "-o", "json"]);
     assert_eq!(none["probes"][0]["denied"].as_array().unwrap().len(), 4);
+    // With no policy, the real packets and the policy model agree on every pair.
+    let verify = lab.ok("verify", &[]);
+    assert!(
+        verify.contains(
+            "probe and policy matrix agree on every pair (80/TCP, 80/UDP, 81/TCP, 81/UDP)"
+        ),
+        "{verify}"
+    );
     let table = lab.ok("probe", &["--port", "80", "--protocol", "tcp"]);
     assert!(table.contains("80/TCP: 4 allowed, 0 denied"), "{table}");
     // A second lab beside it, and a refusal to start the first twice.
