@@ -5,6 +5,9 @@
 //!   text) and its rendering as a script that replaces whole tables in one transaction.
 //! - [`NodeRules`], [`render`], [`Applier`] and [`remove_all`] are the node agent's part:
 //!   NAT outgoing and overlay protection in `table ip margay` / `table ip6 margay`.
+//! - [`policy`] renders a node's policy program (margay-policy's intermediate
+//!   representation) as `table ip margay-policy` / `table ip6 margay-policy`, and updates its
+//!   sets in place.
 //! - [`NftRunner`] is where scripts go; [`NftCommand`] runs the `nft` binary, optionally in a
 //!   named network namespace.
 //!
@@ -12,6 +15,7 @@
 //! (kube-proxy, firewalld, Docker) are never disturbed.
 
 mod node;
+pub mod policy;
 pub mod ruleset;
 mod runner;
 

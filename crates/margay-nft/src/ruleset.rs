@@ -6,7 +6,9 @@
 //! Names (tables, chains, sets) must be plain nft identifiers (`[A-Za-z][A-Za-z0-9_.-]*`);
 //! they come from code, never from users.
 
+use std::collections::BTreeSet;
 use std::fmt::{self, Write};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -66,6 +68,7 @@ pub struct Table {
     pub family: Family,
     pub name: String,
     pub sets: Vec<Set>,
+    pub maps: Vec<InterfaceMap>,
     pub chains: Vec<Chain>,
 }
 
@@ -75,8 +78,41 @@ impl Table {
             family,
             name: name.into(),
             sets: Vec::new(),
+            maps: Vec::new(),
             chains: Vec::new(),
         }
+    }
+
+    /// The commands that turn the members of `old`'s sets into those of this table's, for
+    /// the sets both have (by name), without touching rules: deletions of what is no longer
+    /// there, then additions, per set. Empty when no member changed. Valid only against a
+    /// kernel holding exactly `old`'s members; run as one `nft -f` transaction.
+    pub fn render_element_updates(&self, old: &Table) -> String {
+        let mut out = String::new();
+        for set in &self.sets {
+            let Some(before) = old.sets.iter().find(|s| s.name == set.name) else {
+                continue;
+            };
+            let before: BTreeSet<String> = before.element_texts().into_iter().collect();
+            let after: BTreeSet<String> = set.element_texts().into_iter().collect();
+            for (verb, elements) in [
+                ("delete", before.difference(&after)),
+                ("add", after.difference(&before)),
+            ] {
+                let elements: Vec<&str> = elements.map(String::as_str).collect();
+                if !elements.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "{verb} element {} {} {} {{ {} }}",
+                        self.family,
+                        self.name,
+                        set.name,
+                        elements.join(", ")
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// Appends the replacement of this table to `out`.
@@ -92,6 +128,12 @@ impl Table {
                 out.push('\n');
             }
             set.render(out);
+        }
+        for map in &self.maps {
+            if !std::mem::take(&mut first) {
+                out.push('\n');
+            }
+            map.render(out);
         }
         for chain in &self.chains {
             if !std::mem::take(&mut first) {
@@ -109,8 +151,8 @@ impl Table {
     }
 }
 
-/// A named set of IPv4 or IPv6 prefixes (`flags interval`, so prefixes and single addresses
-/// mix).
+/// A named set: of IPv4 or IPv6 prefixes (`flags interval`, so prefixes and single
+/// addresses mix), or of (address, IP protocol number, port) tuples.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub name: String,
@@ -121,6 +163,22 @@ pub struct Set {
 pub enum SetElements {
     V4(Vec<Ipv4Net>),
     V6(Vec<Ipv6Net>),
+    /// `ipv4_addr . inet_proto . inet_service`
+    V4Ports(Vec<(Ipv4Addr, u8, u16)>),
+    /// `ipv6_addr . inet_proto . inet_service`
+    V6Ports(Vec<(Ipv6Addr, u8, u16)>),
+}
+
+impl SetElements {
+    /// The same kind of elements, none of them.
+    pub fn cleared(&self) -> SetElements {
+        match self {
+            SetElements::V4(_) => SetElements::V4(Vec::new()),
+            SetElements::V6(_) => SetElements::V6(Vec::new()),
+            SetElements::V4Ports(_) => SetElements::V4Ports(Vec::new()),
+            SetElements::V6Ports(_) => SetElements::V6Ports(Vec::new()),
+        }
+    }
 }
 
 impl Set {
@@ -138,31 +196,94 @@ impl Set {
         }
     }
 
+    pub fn ipv4_ports(
+        name: impl Into<String>,
+        tuples: impl IntoIterator<Item = (Ipv4Addr, u8, u16)>,
+    ) -> Set {
+        Set {
+            name: name.into(),
+            elements: SetElements::V4Ports(tuples.into_iter().collect()),
+        }
+    }
+
+    pub fn ipv6_ports(
+        name: impl Into<String>,
+        tuples: impl IntoIterator<Item = (Ipv6Addr, u8, u16)>,
+    ) -> Set {
+        Set {
+            name: name.into(),
+            elements: SetElements::V6Ports(tuples.into_iter().collect()),
+        }
+    }
+
+    /// The elements as the script writes them, sorted and deduplicated. Prefixes are
+    /// aggregated (merged): the text is then a function of the addresses covered (so callers
+    /// can compare scripts), and nft never sees overlapping intervals, which it rejects
+    /// without `auto-merge`.
+    pub fn element_texts(&self) -> Vec<String> {
+        fn tuples<A: Ord + fmt::Display>(tuples: &[(A, u8, u16)]) -> Vec<String> {
+            let sorted: BTreeSet<&(A, u8, u16)> = tuples.iter().collect();
+            sorted
+                .into_iter()
+                .map(|(addr, protocol, port)| format!("{addr} . {protocol} . {port}"))
+                .collect()
+        }
+        match &self.elements {
+            SetElements::V4(nets) => Ipv4Net::aggregate(nets)
+                .iter()
+                .map(|n| prefix_text(n.addr(), n.prefix_len(), 32))
+                .collect(),
+            SetElements::V6(nets) => Ipv6Net::aggregate(nets)
+                .iter()
+                .map(|n| prefix_text(n.addr(), n.prefix_len(), 128))
+                .collect(),
+            SetElements::V4Ports(t) => tuples(t),
+            SetElements::V6Ports(t) => tuples(t),
+        }
+    }
+
     fn render(&self, out: &mut String) {
-        // Aggregating sorts, deduplicates and merges: the text is then a function of the
-        // addresses covered (so callers can compare scripts), and nft never sees overlapping
-        // intervals, which it rejects without `auto-merge`.
-        let (kind, elements): (&str, Vec<String>) = match &self.elements {
-            SetElements::V4(nets) => (
-                "ipv4_addr",
-                Ipv4Net::aggregate(nets)
-                    .iter()
-                    .map(|n| prefix_text(n.addr(), n.prefix_len(), 32))
-                    .collect(),
-            ),
-            SetElements::V6(nets) => (
-                "ipv6_addr",
-                Ipv6Net::aggregate(nets)
-                    .iter()
-                    .map(|n| prefix_text(n.addr(), n.prefix_len(), 128))
-                    .collect(),
-            ),
+        let (kind, interval) = match &self.elements {
+            SetElements::V4(_) => ("ipv4_addr", true),
+            SetElements::V6(_) => ("ipv6_addr", true),
+            SetElements::V4Ports(_) => ("ipv4_addr . inet_proto . inet_service", false),
+            SetElements::V6Ports(_) => ("ipv6_addr . inet_proto . inet_service", false),
         };
+        let elements = self.element_texts();
         let _ = writeln!(out, "\tset {} {{", self.name);
         let _ = writeln!(out, "\t\ttype {kind}");
-        out.push_str("\t\tflags interval\n");
+        if interval {
+            out.push_str("\t\tflags interval\n");
+        }
         // nft rejects `elements = { }`: an empty set simply has no elements line.
         if !elements.is_empty() {
+            let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
+        }
+        out.push_str("\t}\n");
+    }
+}
+
+/// A verdict map keyed on interface names (`type ifname : verdict`), for dispatching with
+/// `iifname vmap @NAME` / `oifname vmap @NAME`. Interface names must be plain (as nft
+/// identifiers); they are written quoted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceMap {
+    pub name: String,
+    /// (interface, verdict), e.g. `("mgy0123456789a", "goto fw-mgy0123456789a")`.
+    pub elements: Vec<(String, String)>,
+}
+
+impl InterfaceMap {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "\tmap {} {{", self.name);
+        out.push_str("\t\ttype ifname : verdict\n");
+        let mut elements: Vec<&(String, String)> = self.elements.iter().collect();
+        elements.sort();
+        if !elements.is_empty() {
+            let elements: Vec<String> = elements
+                .iter()
+                .map(|(iface, verdict)| format!("\"{iface}\" : {verdict}"))
+                .collect();
             let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
         }
         out.push_str("\t}\n");
@@ -340,15 +461,20 @@ impl Rule {
 /// nft's rule comments are at most 128 bytes, with no escapes inside the quotes: a comment
 /// is only an explanation, so it is made to fit rather than failing the whole ruleset.
 fn sanitize_comment(comment: &str) -> String {
-    const MAX: usize = 128;
-    let mut out = String::with_capacity(comment.len().min(MAX));
-    for c in comment.chars() {
+    quoted_text(comment, 128)
+}
+
+/// `text` made fit for an nft quoted string of at most `max` bytes: double quotes become
+/// single ones, control characters spaces, and what does not fit is cut (at a character).
+pub(crate) fn quoted_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
         let c = match c {
             '"' => '\'',
             c if c.is_control() => ' ',
             c => c,
         };
-        if out.len() + c.len_utf8() > MAX {
+        if out.len() + c.len_utf8() > max {
             break;
         }
         out.push(c);
@@ -408,6 +534,64 @@ mod tests {
         )
         .render(&mut out);
         assert!(out.contains("elements = { fd00::1, fd00:1::/48 }"), "{out}");
+    }
+
+    #[test]
+    fn port_sets_are_sorted_deduplicated_and_not_intervals() {
+        let a: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let b: Ipv4Addr = "10.0.0.10".parse().unwrap();
+        let mut out = String::new();
+        Set::ipv4_ports("np", [(b, 6, 80), (a, 17, 53), (b, 6, 80), (a, 6, 80)]).render(&mut out);
+        assert_eq!(
+            out,
+            "\tset np {\n\t\ttype ipv4_addr . inet_proto . inet_service\n\
+             \t\telements = { 10.0.0.2 . 6 . 80, 10.0.0.2 . 17 . 53, 10.0.0.10 . 6 . 80 }\n\t}\n"
+        );
+        let mut out = String::new();
+        Set::ipv6_ports("np6", []).render(&mut out);
+        assert_eq!(
+            out,
+            "\tset np6 {\n\t\ttype ipv6_addr . inet_proto . inet_service\n\t}\n"
+        );
+    }
+
+    #[test]
+    fn interface_maps_are_sorted_and_quoted() {
+        let map = InterfaceMap {
+            name: "m".into(),
+            elements: vec![
+                ("mgyb".into(), "goto b".into()),
+                ("mgya".into(), "goto a".into()),
+            ],
+        };
+        let mut out = String::new();
+        map.render(&mut out);
+        assert_eq!(
+            out,
+            "\tmap m {\n\t\ttype ifname : verdict\n\
+             \t\telements = { \"mgya\" : goto a, \"mgyb\" : goto b }\n\t}\n"
+        );
+    }
+
+    #[test]
+    fn element_updates_cover_sets_both_tables_have() {
+        let table = |sets: Vec<Set>| Table {
+            sets,
+            ..Table::new(Family::Ip, "t")
+        };
+        let old = table(vec![
+            Set::ipv4("kept", [v4("10.0.0.1/32"), v4("10.0.0.2/32")]),
+            Set::ipv4("gone", [v4("10.0.0.1/32")]),
+        ]);
+        let new = table(vec![
+            Set::ipv4("kept", [v4("10.0.0.2/32"), v4("10.0.0.9/32")]),
+            Set::ipv4("new", [v4("10.0.0.1/32")]),
+        ]);
+        assert_eq!(
+            new.render_element_updates(&old),
+            "delete element ip t kept { 10.0.0.1 }\nadd element ip t kept { 10.0.0.9 }\n"
+        );
+        assert_eq!(new.render_element_updates(&new), "");
     }
 
     #[test]

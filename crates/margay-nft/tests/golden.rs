@@ -1,5 +1,6 @@
-//! The node agent's scripts, compared byte for byte with `tests/golden/*.nft`, and checked by
-//! nft itself (`nft -c`: parse and validate against the kernel, change nothing).
+//! The node agent's scripts and the policy tables of margay-policy's golden program, compared
+//! byte for byte with `tests/golden/*.nft`, and checked by nft itself (`nft -c`: parse and
+//! validate against the kernel, change nothing).
 //!
 //! Regenerate after an intended change: `MARGAY_UPDATE_GOLDEN=1 cargo test -p margay-nft
 //! --test golden`, then review the diff.
@@ -7,7 +8,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use margay_nft::policy::{self, AddressFamily};
 use margay_nft::{render, NodeRules};
+use margay_policy::program::program;
 
 mod common;
 
@@ -70,6 +73,18 @@ fn cases() -> Vec<(&'static str, NodeRules)> {
     ]
 }
 
+/// Every golden script: the node agent's cases, and node1's policy tables.
+fn scripts() -> Vec<(&'static str, String)> {
+    let mut scripts: Vec<(&str, String)> = cases()
+        .into_iter()
+        .map(|(name, rules)| (name, render(&rules)))
+        .collect();
+    let node1 = program(&common::golden_cluster(), "node1");
+    scripts.push(("policy-ipv4", policy::render(&node1, AddressFamily::Ipv4)));
+    scripts.push(("policy-ipv6", policy::render(&node1, AddressFamily::Ipv6)));
+    scripts
+}
+
 fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
@@ -79,9 +94,8 @@ fn golden_path(name: &str) -> PathBuf {
 #[test]
 fn scripts_match_golden_files() {
     let update = std::env::var_os("MARGAY_UPDATE_GOLDEN").is_some();
-    for (name, rules) in cases() {
+    for (name, script) in scripts() {
         let path = golden_path(name);
-        let script = render(&rules);
         if update {
             std::fs::write(&path, &script).unwrap();
             continue;
@@ -105,7 +119,7 @@ fn golden_files_pass_nft_check() {
         eprintln!("skipped: {why}");
         return;
     }
-    for (name, _) in cases() {
+    for (name, _) in scripts() {
         let path = golden_path(name);
         let out = Command::new("nft")
             .arg("-c")

@@ -63,6 +63,14 @@ pub struct Endpoint {
     /// Applied in order after policy: `kns.<namespace>`, `ksa.<namespace>.<serviceaccount>`
     /// for a pod.
     pub profiles: Vec<String>,
+    /// The node it runs on: the WorkloadEndpoint's `node`, else the Pod's `spec.nodeName`;
+    /// `None` while unscheduled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The host side of its interface (`interfaceName` of its first WorkloadEndpoint), which
+    /// is where that node's dataplane enforces its policy; `None` without a WorkloadEndpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 /// A container port with a name, which rules can match by that name.
@@ -77,6 +85,9 @@ pub struct NamedPort {
 /// selects, and the CIDRs of the network sets it selects.
 #[derive(Debug, Clone)]
 pub(crate) struct PeerSet {
+    /// The selector, with namespace, service account and namespace-selector scoping folded
+    /// in, in canonical form: the set's definition.
+    pub selector: String,
     pub endpoints: Vec<bool>,
     pub nets: Vec<IpNet>,
 }
@@ -457,6 +468,8 @@ fn build_endpoints(
                 format!("{NAMESPACE_PROFILE_PREFIX}{namespace}"),
                 format!("{SERVICE_ACCOUNT_PROFILE_PREFIX}{namespace}.{sa}"),
             ],
+            node: pod.node_name().map(str::to_owned),
+            interface: None,
             service_account: Some(sa),
             namespace,
             name,
@@ -512,6 +525,8 @@ fn build_endpoints(
                     ips: Vec::new(),
                     named_ports: Vec::new(),
                     profiles: Vec::new(),
+                    node: None,
+                    interface: None,
                 },
                 orchestrator: spec.orchestrator.clone(),
                 ips_from_endpoint: false,
@@ -534,6 +549,12 @@ fn build_endpoints(
         }
         if !spec.profiles.is_empty() {
             ep.profiles = spec.profiles.clone();
+        }
+        if !spec.node.is_empty() {
+            ep.node = Some(spec.node.clone());
+        }
+        if ep.interface.is_none() && !spec.interface_name.is_empty() {
+            ep.interface = Some(spec.interface_name.clone());
         }
     }
     drafts

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use margay_api::{
-    Action, EntityRule, GlobalNetworkPolicy, IntOrString, Kind, KubernetesNetworkPolicy,
-    LabelSelector, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, PolicyType, Port, Profile,
-    Protocol as RuleProtocol, Rule, ServiceAccountMatch, KUBERNETES_POLICY_ORDER,
+    Action, EntityRule, GlobalNetworkPolicy, IcmpFields, IntOrString, Kind,
+    KubernetesNetworkPolicy, LabelSelector, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+    PolicyType, Port, Profile, Protocol as RuleProtocol, Rule, ServiceAccountMatch,
+    KUBERNETES_POLICY_ORDER,
 };
 use margay_selector::{Expr, Selector};
 
@@ -44,9 +45,10 @@ pub(crate) struct CompiledRule {
     pub family: Option<u8>,
     pub protocol: Option<u8>,
     pub not_protocol: Option<u8>,
-    /// Has an `icmp`/`notICMP` match, which needs protocol ICMP and so never matches a
+    /// `icmp`/`notICMP` matches, which need protocol ICMP (or ICMPv6) and so never match a
     /// TCP, UDP or SCTP packet.
-    pub icmp: bool,
+    pub icmp: Option<IcmpFields>,
+    pub not_icmp: Option<IcmpFields>,
     pub source: Entity,
     pub destination: Entity,
 }
@@ -110,7 +112,8 @@ impl CompiledProfile {
                 family: None,
                 protocol: None,
                 not_protocol: None,
-                icmp: false,
+                icmp: None,
+                not_icmp: None,
                 source: Entity::any(),
                 destination: Entity::any(),
             }]
@@ -374,7 +377,8 @@ impl<'a> Builder<'a> {
             family: rule.ip_version.or(implied),
             protocol: rule.protocol.map(RuleProtocol::number),
             not_protocol: rule.not_protocol.map(RuleProtocol::number),
-            icmp: rule.icmp.is_some() || rule.not_icmp.is_some(),
+            icmp: rule.icmp,
+            not_icmp: rule.not_icmp,
             source,
             destination,
             origin,
@@ -420,6 +424,7 @@ impl<'a> Builder<'a> {
             return *i;
         }
         let set = PeerSet {
+            selector: canonical(&expr),
             endpoints: self
                 .endpoints
                 .iter()
@@ -435,6 +440,16 @@ impl<'a> Builder<'a> {
         self.sets.push(set);
         self.set_index.insert(key, self.sets.len() - 1);
         self.sets.len() - 1
+    }
+}
+
+/// A selector's canonical text (Calico's `Selector.String()`). An expression the engine
+/// combined beyond what selector text can express (nested past the parser's depth limit)
+/// keeps its structural form, which is just as unique.
+fn canonical(expr: &Expr) -> String {
+    match Selector::from_expr(expr.clone()) {
+        Ok(selector) => selector.to_string(),
+        Err(_) => format!("{expr:?}"),
     }
 }
 

@@ -212,7 +212,8 @@ impl Context<'_> {
     }
 
     fn rule_matches(&self, rule: &CompiledRule) -> bool {
-        !rule.icmp
+        rule.icmp.is_none()
+            && rule.not_icmp.is_none()
             && rule.family.is_none_or(|f| self.family == Some(f))
             && rule.protocol.is_none_or(|p| p == self.protocol)
             && rule.not_protocol.is_none_or(|p| p != self.protocol)

@@ -7,7 +7,9 @@
 //! policy's selector matched against every endpoint, every rule selector turned into the set
 //! of endpoints and network-set CIDRs it stands for (what Felix programs as an IP set).
 //! [`evaluate`] then walks one packet through the chains as Felix's would, explaining each
-//! step; [`matrix`] does the same for every pair of endpoints, without the explanation.
+//! step; [`matrix`] does the same for every pair of endpoints, without the explanation;
+//! [`program::program`] gives one node's dataplane the same decisions as plain data (the
+//! intermediate representation the renderers share).
 //!
 //! # Semantics (Calico's)
 //!
@@ -33,6 +35,7 @@ mod cluster;
 mod compile;
 mod eval;
 mod matrix;
+pub mod program;
 
 pub use cluster::{Cluster, Endpoint, NamedPort};
 pub use eval::{

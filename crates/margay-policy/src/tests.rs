@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// Decodes YAML documents (Kubernetes, Calico or Margay) into resources.
-fn resources(yaml: &str) -> Vec<Resource> {
+pub(crate) fn resources(yaml: &str) -> Vec<Resource> {
     parse_documents(yaml)
         .expect("test YAML parses")
         .into_iter()

@@ -1,0 +1,567 @@
+//! The dataplane program of one node: what its dataplane must enforce, as plain data.
+//!
+//! [`program`] turns the resolved [`Cluster`] into a [`Program`], the one intermediate
+//! representation every renderer (nftables now, iptables and `margay trace` later) works
+//! from. It is built from the same compiled policies, peer sets and per-endpoint chains that
+//! [`evaluate`](crate::evaluate) walks, so a dataplane that does what the program says
+//! decides exactly as the engine predicts.
+//!
+//! # Shape (Felix's)
+//!
+//! - Each local endpoint has, per direction, a [`Pipeline`]: the tiers that have policies
+//!   for it, in order, each with its policies in order and its default action, then its
+//!   profiles. Ingress is enforced on the way to the endpoint (Felix's `tw-` chains), egress
+//!   on the way from it (`fw-`).
+//! - Each policy becomes one chain per direction ([`PolicyChain`], `pi-<hash>` inbound,
+//!   `po-<hash>` outbound) and each profile one per direction ([`ProfileChain`],
+//!   `pri-<name>`, `pro-<name>`), shared by every endpoint using it. A chain is a list of
+//!   rules: matches, all of which must hold, and an action.
+//! - Rule selectors become address sets ([`IpSet`], `s-<hash>`), named ports sets of
+//!   (address, protocol, port) tuples ([`PortSet`], `np-<hash>`). A set's id is a hash of
+//!   its definition, so a selector used by several rules is one set, and endpoints coming and
+//!   going change set members, never rules.
+//!
+//! # Semantics
+//!
+//! Walking a packet through a pipeline:
+//!
+//! 1. For each tier: each policy chain in turn, first matching rule acting: `Allow` accepts
+//!    (this direction is allowed, stop), `Deny` drops, `Pass` ends the tier (on to the next
+//!    tier, or the profiles), `Log` logs and goes on to the next rule. A policy none of whose
+//!    rules decided hands over to the next policy. A tier that ends without `Pass` applies its
+//!    [`TierStage::default_action`]: `Deny` drops, `Pass` goes on.
+//! 2. Then each profile chain: `Allow` accepts, `Deny` drops, `Pass` goes on to the next
+//!    profile, `Log` logs and continues. After the last profile the packet is dropped.
+//!
+//! A rule matches when every part of its [`Matches`] holds: empty lists and `None`s do not
+//! constrain. An address is in an [`IpSet`] when one of its members contains it; a packet
+//! matches a [`PortMatch::Named`] set when (address, protocol, port) of that end is a member.
+//! Rules for an IP version other than the packet's never match, nor do ICMP matches on
+//! anything but ICMP (with protocol 1) or ICMPv6 (protocol 58).
+//!
+//! Ids use only `[A-Za-z0-9_.-]`, at most 64 bytes, and interface names are 1 to 15 of
+//! those characters, so renderers can use both as names without quoting.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use margay_api::{Action, IcmpFields, PolicyType, Port, TierDefaultAction};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::cluster::{direction_index, Cluster};
+use crate::compile::{CompiledRule, Entity};
+use crate::{PolicyKind, PolicyRef, Protocol};
+
+/// Everything the dataplane of one node needs to enforce policy.
+///
+/// Only what the node's own endpoints use is included, but sets list their members
+/// cluster-wide: a remote endpoint's address is in every set whose selector selects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Program {
+    pub node: String,
+    /// The workload endpoints on this node, by host-side interface name.
+    pub endpoints: BTreeMap<String, LocalEndpoint>,
+    /// Policy chains by id: `pi-<hash>` (inbound) and `po-<hash>` (outbound).
+    pub policies: BTreeMap<String, PolicyChain>,
+    /// Profile chains by id: `pri-<name>` (inbound) and `pro-<name>` (outbound).
+    pub profiles: BTreeMap<String, ProfileChain>,
+    /// Address sets by id, `s-<hash>`.
+    pub ip_sets: BTreeMap<String, IpSet>,
+    /// Named-port sets by id, `np-<hash>`.
+    pub port_sets: BTreeMap<String, PortSet>,
+    /// Endpoints of this node that are not programmed, by id, with the reason: no
+    /// interface (no WorkloadEndpoint yet), an unusable interface name, or an interface
+    /// another endpoint already has. Their traffic meets no endpoint chain; dataplanes drop
+    /// it as coming from (or going to) an unknown workload interface.
+    pub skipped: BTreeMap<String, String>,
+}
+
+/// A workload endpoint on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalEndpoint {
+    /// `namespace/name`.
+    pub id: String,
+    pub ips: Vec<IpAddr>,
+    /// Enforced on packets to the endpoint.
+    pub ingress: Pipeline,
+    /// Enforced on packets from the endpoint.
+    pub egress: Pipeline,
+}
+
+/// What one direction of one endpoint goes through, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pipeline {
+    /// Only the tiers with at least one policy for this endpoint and direction.
+    pub tiers: Vec<TierStage>,
+    /// Profile chain ids.
+    pub profiles: Vec<String>,
+}
+
+/// One tier of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TierStage {
+    pub tier: String,
+    /// What happens when no policy of the tier decided and none passed.
+    pub default_action: TierDefaultAction,
+    /// Policy chain ids, in order.
+    pub policies: Vec<String>,
+}
+
+/// One policy's rules for one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyChain {
+    pub tier: String,
+    pub policy: PolicyRef,
+    pub direction: PolicyType,
+    pub rules: Vec<ProgramRule>,
+}
+
+/// One profile's rules for one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileChain {
+    pub profile: String,
+    pub direction: PolicyType,
+    pub rules: Vec<ProgramRule>,
+}
+
+/// One rule: when all its matches hold, its action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgramRule {
+    /// Position among its policy's (or profile's) rules in this direction, as in
+    /// [`RuleRef::index`](crate::RuleRef::index).
+    pub index: usize,
+    pub action: Action,
+    /// Names the tier, policy (or profile), direction, index and where the rule is written,
+    /// e.g. `tier default policy x/knp.default.web ingress rule 0: spec.ingress[0].from[0]`.
+    pub comment: String,
+    pub matches: Matches,
+}
+
+/// The conditions of a rule. All must hold; empty lists and `None`s match everything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Matches {
+    /// 4 or 6: from `ipVersion`, or implied by the rule's CIDRs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_version: Option<u8>,
+    /// IP protocol number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_protocol: Option<u8>,
+    /// ICMP (protocol 1) or ICMPv6 (protocol 58) type and code; never matches other
+    /// protocols.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpFields>,
+    /// Matches ICMP packets that do not have this type (and code, if given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_icmp: Option<IcmpFields>,
+    pub source: EndMatch,
+    pub destination: EndMatch,
+}
+
+/// The conditions on one end (source or destination) of a packet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndMatch {
+    /// The address is in one of these.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<IpNet>,
+    /// The address is in none of these.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_nets: Vec<IpNet>,
+    /// The address is in this [`IpSet`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_set: Option<String>,
+    /// The address is not in this [`IpSet`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_ip_set: Option<String>,
+    /// The port matches one of these.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMatch>,
+    /// The port matches none of these.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_ports: Vec<PortMatch>,
+}
+
+/// A port condition on one end of a packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PortMatch {
+    Number(u16),
+    /// Inclusive.
+    Range(u16, u16),
+    /// (address, protocol, port) of this end is in the [`PortSet`] with this id.
+    Named(String),
+}
+
+/// The addresses a rule selector stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpSet {
+    /// The definition: the rule's selector with its namespace, service account and
+    /// namespace-selector scoping folded in, in canonical form.
+    pub selector: String,
+    /// The addresses (as /32 or /128) of every endpoint in the cluster it selects, and the
+    /// nets of the network sets it selects.
+    pub members: BTreeSet<IpNet>,
+}
+
+/// What a named port stands for on the endpoints a rule end selects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortSet {
+    /// The port name.
+    pub port: String,
+    /// The selector of the rule end (as in [`IpSet::selector`]); `None` when the end has no
+    /// selector, so every endpoint counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// For every endpoint in the cluster with a port of that name, each of its addresses
+    /// that the selector covers (the endpoint is selected, or the address is in a selected
+    /// network set) with that port's protocol and number.
+    pub members: BTreeSet<PortSetMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PortSetMember {
+    pub ip: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// The longest id; longer names are shortened with a hash, as Felix does.
+const MAX_ID: usize = 64;
+/// The hex digits of a hash in an id (64 bits).
+const HASH_DIGITS: usize = 16;
+/// Linux's limit on interface names (IFNAMSIZ less the NUL).
+const MAX_INTERFACE: usize = 15;
+
+/// The program of node `node`: its endpoints (those whose endpoint names this node and an
+/// interface), their pipelines, and the chains and sets these use.
+pub fn program(cluster: &Cluster, node: &str) -> Program {
+    let mut builder = Builder {
+        cluster,
+        program: Program {
+            node: node.to_owned(),
+            endpoints: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            profiles: BTreeMap::new(),
+            ip_sets: BTreeMap::new(),
+            port_sets: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+        },
+        ip_set_ids: HashMap::new(),
+        port_set_ids: HashMap::new(),
+    };
+    // Endpoints are sorted by id, so the first of two claiming an interface is stable.
+    for (i, ep) in cluster.endpoints.iter().enumerate() {
+        if ep.node.as_deref() != Some(node) {
+            continue;
+        }
+        let skip = |why: String| (ep.id.clone(), why);
+        let skipped = match &ep.interface {
+            None => Some(skip(
+                "no interface (no WorkloadEndpoint for it yet)".to_owned(),
+            )),
+            Some(iface) if !plain_interface(iface) => Some(skip(format!(
+                "interface name {iface:?} is not 1 to {MAX_INTERFACE} characters of \
+                 [A-Za-z0-9_.-]"
+            ))),
+            Some(iface) => match builder.program.endpoints.get(iface) {
+                Some(other) => Some(skip(format!(
+                    "interface {iface} already belongs to {}",
+                    other.id
+                ))),
+                None => {
+                    let local = LocalEndpoint {
+                        id: ep.id.clone(),
+                        ips: ep.ips.clone(),
+                        ingress: builder.pipeline(i, PolicyType::Ingress),
+                        egress: builder.pipeline(i, PolicyType::Egress),
+                    };
+                    builder.program.endpoints.insert(iface.clone(), local);
+                    None
+                }
+            },
+        };
+        if let Some((id, why)) = skipped {
+            builder.program.skipped.insert(id, why);
+        }
+    }
+    builder.program
+}
+
+fn plain_interface(name: &str) -> bool {
+    (1..=MAX_INTERFACE).contains(&name.len()) && name.bytes().all(plain_byte)
+}
+
+fn plain_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+}
+
+/// The first 64 bits of SHA-256 of `text`, in hex.
+fn hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    let mut hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    hex.truncate(HASH_DIGITS);
+    hex
+}
+
+/// `prefix` + `name` when that is a short plain id, else `prefix` + `_` + a hash of `name`.
+fn named_id(prefix: &str, name: &str) -> String {
+    let id = format!("{prefix}{name}");
+    if id.len() <= MAX_ID && name.bytes().all(plain_byte) {
+        id
+    } else {
+        format!("{prefix}_{}", hash(name))
+    }
+}
+
+fn kind_name(kind: PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::KubernetesNetworkPolicy => "KubernetesNetworkPolicy",
+        PolicyKind::NetworkPolicy => "NetworkPolicy",
+        PolicyKind::GlobalNetworkPolicy => "GlobalNetworkPolicy",
+    }
+}
+
+fn direction_name(direction: PolicyType) -> &'static str {
+    match direction {
+        PolicyType::Ingress => "ingress",
+        PolicyType::Egress => "egress",
+    }
+}
+
+/// How rule comments name a policy: `namespace/name`, or the name of a global one.
+fn policy_display(policy: &PolicyRef) -> String {
+    match &policy.namespace {
+        Some(ns) => format!("{ns}/{}", policy.name),
+        None => policy.name.clone(),
+    }
+}
+
+struct Builder<'c> {
+    cluster: &'c Cluster,
+    program: Program,
+    /// Peer set index → IpSet id.
+    ip_set_ids: HashMap<usize, String>,
+    /// (peer set index of the rule end, port name) → PortSet id.
+    port_set_ids: HashMap<(Option<usize>, String), String>,
+}
+
+impl Builder<'_> {
+    fn pipeline(&mut self, endpoint: usize, direction: PolicyType) -> Pipeline {
+        let cluster = self.cluster;
+        let tiers = cluster.chains[endpoint][direction_index(direction)]
+            .iter()
+            .map(|chain| TierStage {
+                tier: cluster.tiers[chain.tier].name.clone(),
+                default_action: if cluster.tiers[chain.tier].default_pass {
+                    TierDefaultAction::Pass
+                } else {
+                    TierDefaultAction::Deny
+                },
+                policies: chain
+                    .policies
+                    .iter()
+                    .map(|&p| self.policy(p, direction))
+                    .collect(),
+            })
+            .collect();
+        let profiles = cluster.endpoint_profiles[endpoint]
+            .iter()
+            .map(|&p| self.profile(p, direction))
+            .collect();
+        Pipeline { tiers, profiles }
+    }
+
+    fn policy(&mut self, index: usize, direction: PolicyType) -> String {
+        let cluster = self.cluster;
+        let policy = &cluster.policies[index];
+        let prefix = match direction {
+            PolicyType::Ingress => "pi-",
+            PolicyType::Egress => "po-",
+        };
+        let key = format!(
+            "{}/{}/{}",
+            kind_name(policy.kind),
+            policy.namespace.as_deref().unwrap_or_default(),
+            policy.name
+        );
+        let id = format!("{prefix}{}", hash(&key));
+        if !self.program.policies.contains_key(&id) {
+            let tier = cluster.tiers[policy.tier].name.clone();
+            let reference = policy.reference();
+            let owner = format!("tier {tier} policy {}", policy_display(&reference));
+            let rules = policy.rules(direction).unwrap_or_default();
+            let rules = self.rules(rules, direction, &owner);
+            self.program.policies.insert(
+                id.clone(),
+                PolicyChain {
+                    tier,
+                    policy: reference,
+                    direction,
+                    rules,
+                },
+            );
+        }
+        id
+    }
+
+    fn profile(&mut self, index: usize, direction: PolicyType) -> String {
+        let profile = &self.cluster.profiles[index];
+        let prefix = match direction {
+            PolicyType::Ingress => "pri-",
+            PolicyType::Egress => "pro-",
+        };
+        let id = named_id(prefix, &profile.name);
+        if !self.program.profiles.contains_key(&id) {
+            let owner = format!("profile {}", profile.name);
+            let rules = self.rules(profile.rules(direction), direction, &owner);
+            self.program.profiles.insert(
+                id.clone(),
+                ProfileChain {
+                    profile: profile.name.clone(),
+                    direction,
+                    rules,
+                },
+            );
+        }
+        id
+    }
+
+    fn rules(
+        &mut self,
+        rules: &[CompiledRule],
+        direction: PolicyType,
+        owner: &str,
+    ) -> Vec<ProgramRule> {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| ProgramRule {
+                index,
+                action: rule.action,
+                comment: format!(
+                    "{owner} {} rule {index}: {}",
+                    direction_name(direction),
+                    rule.origin
+                ),
+                matches: Matches {
+                    ip_version: rule.family,
+                    protocol: rule.protocol,
+                    not_protocol: rule.not_protocol,
+                    icmp: rule.icmp,
+                    not_icmp: rule.not_icmp,
+                    source: self.end(&rule.source),
+                    destination: self.end(&rule.destination),
+                },
+            })
+            .collect()
+    }
+
+    fn end(&mut self, entity: &Entity) -> EndMatch {
+        let mut ports = |list: &[Port]| -> Vec<PortMatch> {
+            list.iter()
+                .map(|port| match port {
+                    Port::Number(n) => PortMatch::Number(*n),
+                    Port::Range(lo, hi) => PortMatch::Range(*lo, *hi),
+                    Port::Named(name) => PortMatch::Named(self.port_set(entity.selector, name)),
+                })
+                .collect()
+        };
+        let (ports, not_ports) = (ports(&entity.ports), ports(&entity.not_ports));
+        EndMatch {
+            nets: entity.nets.clone(),
+            not_nets: entity.not_nets.clone(),
+            ip_set: entity.selector.map(|s| self.ip_set(s)),
+            not_ip_set: entity.not_selector.map(|s| self.ip_set(s)),
+            ports,
+            not_ports,
+        }
+    }
+
+    fn ip_set(&mut self, set: usize) -> String {
+        if let Some(id) = self.ip_set_ids.get(&set) {
+            return id.clone();
+        }
+        let cluster = self.cluster;
+        let peers = &cluster.sets[set];
+        let id = format!("s-{}", hash(&peers.selector));
+        let members = cluster
+            .endpoints
+            .iter()
+            .zip(&peers.endpoints)
+            .filter(|(_, selected)| **selected)
+            .flat_map(|(ep, _)| ep.ips.iter().map(|ip| IpNet::from(*ip)))
+            .chain(peers.nets.iter().copied())
+            .collect();
+        self.program.ip_sets.insert(
+            id.clone(),
+            IpSet {
+                selector: peers.selector.clone(),
+                members,
+            },
+        );
+        self.ip_set_ids.insert(set, id.clone());
+        id
+    }
+
+    /// Mirrors the engine: a named port matches when the endpoint at that end has a port of
+    /// that name, protocol and number; the end's selector (checked by its own set) is folded
+    /// in only to keep the set small, address by address exactly as the selector's set
+    /// covers them.
+    fn port_set(&mut self, selector: Option<usize>, name: &str) -> String {
+        let key = (selector, name.to_owned());
+        if let Some(id) = self.port_set_ids.get(&key) {
+            return id.clone();
+        }
+        let cluster = self.cluster;
+        let peers = selector.map(|s| &cluster.sets[s]);
+        let definition = format!(
+            "port {name} of {}",
+            peers.map_or("any endpoint", |p| p.selector.as_str())
+        );
+        let id = format!("np-{}", hash(&definition));
+        let mut members = BTreeSet::new();
+        for (i, ep) in cluster.endpoints.iter().enumerate() {
+            for np in ep.named_ports.iter().filter(|np| np.name == name) {
+                for ip in &ep.ips {
+                    let covered = peers.is_none_or(|p| {
+                        p.endpoints[i] || p.nets.iter().any(|net| net.contains(ip))
+                    });
+                    if covered {
+                        members.insert(PortSetMember {
+                            ip: *ip,
+                            protocol: np.protocol,
+                            port: np.port,
+                        });
+                    }
+                }
+            }
+        }
+        self.program.port_sets.insert(
+            id.clone(),
+            PortSet {
+                port: name.to_owned(),
+                selector: peers.map(|p| p.selector.clone()),
+                members,
+            },
+        );
+        self.port_set_ids.insert(key, id.clone());
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests;
