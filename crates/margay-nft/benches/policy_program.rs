@@ -63,7 +63,7 @@ fn policy(i: usize) -> String {
             i % 50,
             (i * 7) % 50,
             (i * 3) % NAMESPACES,
-            if i % 2 == 0 { "http".to_owned() } else { (80 + i % 20).to_string() }
+            if i.is_multiple_of(2) { "http".to_owned() } else { (80 + i % 20).to_string() }
         ),
     }
 }
