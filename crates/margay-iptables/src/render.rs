@@ -1,0 +1,876 @@
+//! A node's [`Program`] as Felix's iptables chains and ipsets (see the crate documentation
+//! for the layout). Mirrors margay-nft's `policy` module rule for rule.
+
+use ipnet::IpNet;
+use margay_api::{Action, IcmpFields, TierDefaultAction};
+use margay_policy::program::{EndMatch, Matches, Pipeline, PortMatch, Program, ProgramRule};
+use margay_policy::PolicyRef;
+use sha2::{Digest, Sha256};
+
+use crate::rendered::{
+    hash_comment, hex, net_member, rule_hash, Chain, Hook, Ipset, Rule, SetHeader,
+};
+use crate::{
+    Family, Rendered, CHAIN_PREFIX, FORWARD_CHAIN, MARK_ACCEPT, MARK_PASS, MARK_SCRATCH_ALL,
+    MARK_SCRATCH_THIS, WORKLOAD_INTERFACE_PREFIX,
+};
+
+const FROM_WORKLOAD_DISPATCH: &str = "mgy-from-wl-dispatch";
+const TO_WORKLOAD_DISPATCH: &str = "mgy-to-wl-dispatch";
+
+/// iptables' limit on chain names (Felix's `MaxChainNameLength`).
+pub(crate) const MAX_CHAIN: usize = 28;
+/// ipset's limit on set names (IPSET_MAXNAMELEN less the NUL).
+pub(crate) const MAX_SET: usize = 31;
+/// The comment match's limit (XT_MAX_COMMENT_LEN less the NUL).
+const MAX_COMMENT: usize = 255;
+/// The LOG target's limit on prefixes.
+const MAX_LOG_PREFIX: usize = 29;
+/// multiport's limit: 15 ports, a range counting as two.
+const MULTIPORT_SLOTS: usize = 15;
+/// The protocols with ports that a port match without a protocol stands for (the engine's
+/// packets are TCP, UDP or SCTP).
+const PORT_PROTOCOLS: [u8; 3] = [6, 17, 132];
+
+/// The rendering of `program` in `family`'s filter table and sets. Deterministic.
+pub fn render(program: &Program, family: Family) -> Rendered {
+    let mut r = Rendered::empty(family);
+    for (id, set) in &program.ip_sets {
+        let members = set
+            .members
+            .iter()
+            .filter(|n| family.holds(n.addr()))
+            .flat_map(|n| ipset_nets(*n))
+            .map(net_member)
+            .collect();
+        r.sets.insert(
+            set_name(family, id),
+            Ipset {
+                header: SetHeader::new("hash:net", family),
+                members,
+            },
+        );
+    }
+    for (id, set) in &program.port_sets {
+        let members = set
+            .members
+            .iter()
+            .filter(|m| family.holds(m.ip))
+            .map(|m| {
+                let protocol = m.protocol.to_string().to_ascii_lowercase();
+                format!("{},{protocol}:{}", m.ip, m.port)
+            })
+            .collect();
+        r.sets.insert(
+            set_name(family, id),
+            Ipset {
+                header: SetHeader::new("hash:ip,port", family),
+                members,
+            },
+        );
+    }
+
+    r.chains.push(forward_chain(program));
+    r.chains.push(dispatch_chain(program, Direction::From));
+    r.chains.push(dispatch_chain(program, Direction::To));
+    for (iface, ep) in &program.endpoints {
+        for direction in [Direction::From, Direction::To] {
+            let (pipeline, what) = match direction {
+                Direction::From => (&ep.egress, "egress"),
+                Direction::To => (&ep.ingress, "ingress"),
+            };
+            r.chains.push(endpoint_chain(
+                direction.endpoint_chain(iface),
+                &format!("{} {what}", ep.id),
+                pipeline,
+                program,
+            ));
+        }
+    }
+    for (id, chain) in &program.policies {
+        let log = format!("{}/{}", chain.tier, policy_name(&chain.policy));
+        let owner = format!("tier {} policy {}", chain.tier, policy_name(&chain.policy));
+        r.chains
+            .push(rule_chain(id, &chain.rules, &log, &owner, false, family));
+    }
+    for (id, chain) in &program.profiles {
+        let log = format!("profile/{}", chain.profile);
+        let owner = format!("profile {}", chain.profile);
+        r.chains
+            .push(rule_chain(id, &chain.rules, &log, &owner, true, family));
+    }
+    r.hooks = hooks();
+    r
+}
+
+/// `FORWARD`'s jump to [`FORWARD_CHAIN`] (inserted at the top) and, appended, Felix's
+/// acceptance of what policy accepted.
+fn hooks() -> Vec<Hook> {
+    let jump = Spec::jump(format!("-j {FORWARD_CHAIN}"));
+    let accept = Spec::jump("-j ACCEPT").with(mark_set(MARK_ACCEPT));
+    vec![
+        Hook {
+            chain: "FORWARD".into(),
+            insert: true,
+            rule: hashed("FORWARD", "insert", &jump, "Margay workload policy"),
+        },
+        Hook {
+            chain: "FORWARD".into(),
+            insert: false,
+            rule: hashed(
+                "FORWARD",
+                "append",
+                &accept,
+                "Policy explicitly accepted packet.",
+            ),
+        },
+    ]
+}
+
+/// The chain of a program id (`pi-…`, `fw-mgy…`): `mgy-<id>`, shortened to 28 characters.
+pub(crate) fn chain_name(id: &str) -> String {
+    short_name(CHAIN_PREFIX, id, MAX_CHAIN)
+}
+
+/// The set of a program set id in `family`: `mgy40<id>` (`mgy60<id>`), shortened to 31.
+pub(crate) fn set_name(family: Family, id: &str) -> String {
+    short_name(family.set_prefix(), id, MAX_SET)
+}
+
+/// `prefix` + `id`, or when that is longer than `max`, `prefix` + the id's kind (what precedes
+/// its first `-`) + `-_` + as much of a hash of the id as fits: `mgy-pri-_3fa…`.
+fn short_name(prefix: &str, id: &str, max: usize) -> String {
+    if prefix.len() + id.len() <= max {
+        return format!("{prefix}{id}");
+    }
+    let head = match id.split_once('-') {
+        Some((kind, _)) if prefix.len() + kind.len() + 2 + 8 <= max => {
+            format!("{prefix}{kind}-_")
+        }
+        _ => format!("{prefix}_"),
+    };
+    let digits = max - head.len();
+    format!("{head}{}", hex(&Sha256::digest(id.as_bytes()), digits))
+}
+
+/// ipset's `hash:net` cannot hold a /0: it stands for its two halves, as in Felix.
+fn ipset_nets(net: IpNet) -> Vec<IpNet> {
+    let net = net.trunc();
+    if net.prefix_len() == 0 {
+        net.subnets(1).map(Iterator::collect).unwrap_or_default()
+    } else {
+        vec![net]
+    }
+}
+
+/// `namespace/name`, or the name of a global policy.
+fn policy_name(policy: &PolicyRef) -> String {
+    match &policy.namespace {
+        Some(ns) => format!("{ns}/{}", policy.name),
+        None => policy.name.clone(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    /// From a workload: its egress.
+    From,
+    /// To a workload: its ingress.
+    To,
+}
+
+impl Direction {
+    fn endpoint_chain(self, iface: &str) -> String {
+        match self {
+            Direction::From => chain_name(&format!("fw-{iface}")),
+            Direction::To => chain_name(&format!("tw-{iface}")),
+        }
+    }
+
+    fn dispatch(self) -> &'static str {
+        match self {
+            Direction::From => FROM_WORKLOAD_DISPATCH,
+            Direction::To => TO_WORKLOAD_DISPATCH,
+        }
+    }
+
+    /// A spec matching packets arriving on (`From`) or leaving through (`To`) `iface`.
+    fn interface(self, iface: &str) -> Spec {
+        let mut spec = Spec::default();
+        match self {
+            Direction::From => spec.in_interface = Some(iface.to_owned()),
+            Direction::To => spec.out_interface = Some(iface.to_owned()),
+        }
+        spec
+    }
+}
+
+/// The interface patterns that lead to the dispatch chains: `mgy+`, and the name of every
+/// endpoint interface that does not start with `mgy` (the nftables table dispatches on every
+/// interface; so must this).
+fn workload_interfaces(program: &Program) -> Vec<String> {
+    let mut patterns = vec![format!("{WORKLOAD_INTERFACE_PREFIX}+")];
+    patterns.extend(
+        program
+            .endpoints
+            .keys()
+            .filter(|iface| !iface.starts_with(WORKLOAD_INTERFACE_PREFIX))
+            .cloned(),
+    );
+    patterns
+}
+
+fn forward_chain(program: &Program) -> Chain {
+    let mut b = ChainBuilder::new(FORWARD_CHAIN.to_owned());
+    b.push(
+        &Spec::jump(clear_marks(
+            MARK_PASS | MARK_SCRATCH_ALL | MARK_SCRATCH_THIS,
+        )),
+        "Clear the pass and scratch marks",
+    );
+    for (direction, what) in [
+        (Direction::From, "Egress policy of the source workload"),
+        (Direction::To, "Ingress policy of the destination workload"),
+    ] {
+        for pattern in workload_interfaces(program) {
+            let mut spec = direction.interface(&pattern);
+            spec.target = format!("-j {}", direction.dispatch());
+            b.push(&spec, what);
+        }
+    }
+    b.finish()
+}
+
+/// `-i <iface> -g mgy-fw-<iface>` (or `-o` … `mgy-tw-`) per endpoint: the endpoint chain's
+/// RETURN then comes back to `mgy-FORWARD`. A workload interface no endpoint has is dropped.
+fn dispatch_chain(program: &Program, direction: Direction) -> Chain {
+    let mut b = ChainBuilder::new(direction.dispatch().to_owned());
+    let what = match direction {
+        Direction::From => "egress",
+        Direction::To => "ingress",
+    };
+    for (iface, ep) in &program.endpoints {
+        let mut spec = direction.interface(iface);
+        spec.target = format!("-g {}", direction.endpoint_chain(iface));
+        b.push(&spec, &format!("{} {what}", ep.id));
+    }
+    let mut unknown = direction.interface(&format!("{WORKLOAD_INTERFACE_PREFIX}+"));
+    unknown.target = "-j DROP".into();
+    b.push(&unknown, "Unknown interface");
+    b.finish()
+}
+
+fn endpoint_chain(name: String, what: &str, pipeline: &Pipeline, program: &Program) -> Chain {
+    let mut b = ChainBuilder::new(name);
+    b.push(
+        &Spec::jump("-j ACCEPT").with("-m conntrack --ctstate RELATED,ESTABLISHED"),
+        &format!("{what}: replies and related traffic of allowed connections"),
+    );
+    b.push(
+        &Spec::jump("-j DROP").with("-m conntrack --ctstate INVALID"),
+        &format!("{what}: conntrack invalid"),
+    );
+    b.push(
+        &Spec::jump(clear_marks(MARK_ACCEPT | MARK_PASS)),
+        &format!("{what}: clear the accept and pass marks"),
+    );
+    let return_if_accepted = Spec::jump("-j RETURN").with(mark_set(MARK_ACCEPT));
+    for stage in &pipeline.tiers {
+        let tier = &stage.tier;
+        b.push(
+            &Spec::jump(clear_marks(MARK_PASS)),
+            &format!("Start of tier {tier}"),
+        );
+        for policy in &stage.policies {
+            let name = program
+                .policies
+                .get(policy)
+                .map_or_else(String::new, |c| policy_name(&c.policy));
+            b.push(
+                &Spec::jump(format!("-j {}", chain_name(policy))).with(mark_clear(MARK_PASS)),
+                &format!("tier {tier} policy {name}"),
+            );
+            b.push(&return_if_accepted, "Return if policy accepted");
+        }
+        if stage.default_action == TierDefaultAction::Deny {
+            b.push(
+                &Spec::jump("-j DROP").with(mark_clear(MARK_PASS)),
+                &format!("End of tier {tier}. Drop if no policies passed packet"),
+            );
+        }
+    }
+    for profile in &pipeline.profiles {
+        let name = program
+            .profiles
+            .get(profile)
+            .map_or("", |c| c.profile.as_str());
+        b.push(
+            &Spec::jump(format!("-j {}", chain_name(profile))),
+            &format!("profile {name}"),
+        );
+        b.push(&return_if_accepted, "Return if profile accepted");
+    }
+    b.push(&Spec::jump("-j DROP"), "Drop if no profiles matched");
+    b.finish()
+}
+
+/// A policy or profile chain. `log` names it in log prefixes (`<tier>/<policy>`), `owner` in
+/// comments. A profile chain with a Pass rule first clears the pass mark, which a tier may
+/// have left set: the rule after a Pass returns when the mark is set.
+fn rule_chain(
+    id: &str,
+    rules: &[ProgramRule],
+    log: &str,
+    owner: &str,
+    profile: bool,
+    family: Family,
+) -> Chain {
+    let name = chain_name(id);
+    let rendered: Vec<(&ProgramRule, Vec<RuleMatch>)> = rules
+        .iter()
+        .map(|rule| (rule, matches(&rule.matches, family)))
+        .filter(|(_, m)| !m.is_empty())
+        .collect();
+    let mut b = ChainBuilder::new(name.clone());
+    if profile && rendered.iter().any(|(r, _)| r.action == Action::Pass) {
+        b.push(
+            &Spec::jump(clear_marks(MARK_PASS)),
+            &format!("{owner}: clear the pass mark"),
+        );
+    }
+    for (rule, alternatives) in rendered {
+        let comment = &rule.comment;
+        for m in alternatives {
+            for (spec, purpose) in &m.before {
+                b.push(spec, &format!("{comment}: {purpose}"));
+            }
+            let mut spec = m.spec;
+            let then_return = |bit: u32| Spec::jump("-j RETURN").with(mark_set(bit));
+            match rule.action {
+                Action::Allow => {
+                    spec.target = set_mark(MARK_ACCEPT);
+                    b.push(&spec, comment);
+                    b.push(&then_return(MARK_ACCEPT), &format!("{comment}: return"));
+                }
+                Action::Pass => {
+                    spec.target = set_mark(MARK_PASS);
+                    b.push(&spec, comment);
+                    b.push(&then_return(MARK_PASS), &format!("{comment}: return"));
+                }
+                Action::Deny => {
+                    spec.target = "-j DROP".into();
+                    b.push(&spec, comment);
+                }
+                Action::Log => {
+                    spec.target = format!(
+                        "-j LOG --log-prefix {}",
+                        save_string(&log_prefix(log, &name, rule.index))
+                    );
+                    b.push(&spec, comment);
+                }
+            }
+        }
+    }
+    b.finish()
+}
+
+/// `mgy <tier>/<policy>/<index> `, or when that is longer than the LOG target allows,
+/// `mgy <chain id>/<index> ` (the chain id cut to fit).
+fn log_prefix(log: &str, chain: &str, index: usize) -> String {
+    let full = sanitized(&format!("mgy {log}/{index} "), usize::MAX);
+    if full.len() <= MAX_LOG_PREFIX {
+        return full;
+    }
+    let tail = format!("/{index} ");
+    let id = chain.strip_prefix(CHAIN_PREFIX).unwrap_or(chain);
+    let budget = MAX_LOG_PREFIX.saturating_sub("mgy ".len() + tail.len());
+    format!("mgy {}{tail}", &id[..budget.min(id.len())])
+}
+
+/// `text` without control characters, cut to at most `max` bytes.
+fn sanitized(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// An argument as `iptables-save` writes it (xtables_save_string): bare when it is only
+/// letters, digits, `_` and `-`, else in double quotes with `"`, `\` and `'` escaped.
+fn save_string(value: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !value.is_empty() && value.chars().all(plain) {
+        return value.to_owned();
+    }
+    let mut out = String::from("\"");
+    for c in value.chars() {
+        if matches!(c, '"' | '\\' | '\'') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// One rule's conditions, in the order `iptables-save` prints them: addresses,
+/// interfaces, protocol, then matches; and its target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Spec {
+    /// (negated, net)
+    source: Option<(bool, IpNet)>,
+    destination: Option<(bool, IpNet)>,
+    in_interface: Option<String>,
+    out_interface: Option<String>,
+    /// (negated, protocol number)
+    protocol: Option<(bool, u8)>,
+    matches: Vec<String>,
+    target: String,
+}
+
+impl Spec {
+    fn jump(target: impl Into<String>) -> Spec {
+        Spec {
+            target: target.into(),
+            ..Spec::default()
+        }
+    }
+
+    fn with(mut self, m: impl Into<String>) -> Spec {
+        self.matches.push(m.into());
+        self
+    }
+
+    /// The rule as `iptables-save` prints it, with the hash comment when given.
+    fn text(&self, hash: Option<&str>, comment: &str) -> String {
+        let not = |negated: bool| if negated { "! " } else { "" };
+        let mut parts = Vec::new();
+        if let Some((negated, net)) = self.source {
+            parts.push(format!("{}-s {}", not(negated), net.trunc()));
+        }
+        if let Some((negated, net)) = self.destination {
+            parts.push(format!("{}-d {}", not(negated), net.trunc()));
+        }
+        if let Some(iface) = &self.in_interface {
+            parts.push(format!("-i {iface}"));
+        }
+        if let Some(iface) = &self.out_interface {
+            parts.push(format!("-o {iface}"));
+        }
+        if let Some((negated, p)) = self.protocol {
+            parts.push(format!("{}-p {}", not(negated), protocol_name(p)));
+        }
+        if let Some(hash) = hash {
+            parts.push(hash_comment(hash));
+        }
+        parts.push(format!("-m comment --comment {}", save_string(comment)));
+        parts.extend(self.matches.iter().cloned());
+        if !self.target.is_empty() {
+            parts.push(self.target.clone());
+        }
+        parts.join(" ")
+    }
+}
+
+/// The names iptables itself knows (and `iptables-save` prints); other protocols by number.
+fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "ipv6-icmp".into(),
+        132 => "sctp".into(),
+        136 => "udplite".into(),
+        other => other.to_string(),
+    }
+}
+
+/// A rule with its hash comment, after the rule whose hash is `previous`.
+fn hashed(chain: &str, previous: &str, spec: &Spec, comment: &str) -> Rule {
+    let comment = sanitized(comment, MAX_COMMENT);
+    let hash = rule_hash(chain, previous, &spec.text(None, &comment));
+    Rule {
+        spec: spec.text(Some(&hash), &comment),
+        hash: Some(hash),
+    }
+}
+
+struct ChainBuilder {
+    chain: Chain,
+}
+
+impl ChainBuilder {
+    fn new(name: String) -> ChainBuilder {
+        ChainBuilder {
+            chain: Chain {
+                name,
+                rules: Vec::new(),
+            },
+        }
+    }
+
+    fn push(&mut self, spec: &Spec, comment: &str) {
+        let previous = self
+            .chain
+            .rules
+            .last()
+            .and_then(|r| r.hash.as_deref())
+            .unwrap_or_default();
+        let rule = hashed(&self.chain.name, previous, spec, comment);
+        self.chain.rules.push(rule);
+    }
+
+    fn finish(self) -> Chain {
+        self.chain
+    }
+}
+
+fn set_mark(bits: u32) -> String {
+    format!("-j MARK --set-xmark {bits:#x}/{bits:#x}")
+}
+
+fn clear_marks(bits: u32) -> String {
+    format!("-j MARK --set-xmark 0x0/{bits:#x}")
+}
+
+fn mark_set(bit: u32) -> String {
+    format!("-m mark --mark {bit:#x}/{bit:#x}")
+}
+
+fn mark_clear(bit: u32) -> String {
+    format!("-m mark --mark 0x0/{bit:#x}")
+}
+
+/// One rendering of a rule's matches: the rules that must run first (with what they are
+/// for) and the conditions of the rule itself.
+#[derive(Debug, PartialEq, Eq)]
+struct RuleMatch {
+    before: Vec<(Spec, &'static str)>,
+    spec: Spec,
+}
+
+/// What one rule cannot say: either one of the alternatives must match, or none of them.
+enum Block {
+    Any(&'static str, Vec<Spec>),
+    None(&'static str, Vec<Spec>),
+}
+
+/// A rule's matches in `family`: one [`RuleMatch`] per protocol it stands for (several only
+/// for numeric ports without a protocol, which iptables cannot match without one); none when
+/// the rule can never match in `family` (another `ipVersion`, CIDRs of the other family
+/// only, ICMP in IPv6, ICMPv6 in IPv4, an ICMP code without a type, which the API refuses).
+fn matches(m: &Matches, family: Family) -> Vec<RuleMatch> {
+    if m.ip_version.is_some_and(|v| v != family.version()) {
+        return Vec::new();
+    }
+    let mut icmp = Vec::new();
+    if m.icmp.is_some() || m.not_icmp.is_some() {
+        let (module, option) = match (m.protocol, family) {
+            (Some(1), Family::V4) => ("icmp", "--icmp-type"),
+            (Some(58), Family::V6) => ("icmp6", "--icmpv6-type"),
+            _ => return Vec::new(),
+        };
+        for (fields, negated) in [(m.icmp, false), (m.not_icmp, true)] {
+            let Some(fields) = fields else { continue };
+            match icmp_match(module, option, fields, negated) {
+                Ok(Some(condition)) => icmp.push(condition),
+                Ok(None) => {}
+                Err(()) => return Vec::new(),
+            }
+        }
+    } else if matches!(
+        (m.protocol, family),
+        (Some(1), Family::V6) | (Some(58), Family::V4)
+    ) {
+        return Vec::new();
+    }
+    let numeric_ports = [&m.source, &m.destination].iter().any(|e| {
+        e.ports
+            .iter()
+            .chain(&e.not_ports)
+            .any(|p| !matches!(p, PortMatch::Named(_)))
+    });
+    let protocols: Vec<Option<(bool, u8)>> = match (m.protocol, m.not_protocol) {
+        (Some(p), Some(not)) if p == not => return Vec::new(),
+        (Some(p), _) => vec![Some((false, p))],
+        (None, not) if numeric_ports => PORT_PROTOCOLS
+            .into_iter()
+            .filter(|p| Some(*p) != not)
+            .map(|p| Some((false, p)))
+            .collect(),
+        (None, Some(not)) => vec![Some((true, not))],
+        (None, None) => vec![None],
+    };
+    protocols
+        .into_iter()
+        .filter_map(|protocol| {
+            let mut spec = Spec {
+                protocol,
+                matches: icmp.clone(),
+                ..Spec::default()
+            };
+            let mut blocks = Vec::new();
+            end_matches(&m.source, Side::Source, family, &mut spec, &mut blocks)?;
+            end_matches(
+                &m.destination,
+                Side::Destination,
+                family,
+                &mut spec,
+                &mut blocks,
+            )?;
+            Some(with_blocks(spec, blocks))
+        })
+        .collect()
+}
+
+/// `-m icmp --icmp-type 8/0`, `-m icmp ! --icmp-type 8`; `Ok(None)` for `icmp: {}` (any
+/// ICMP, which the protocol already says); `Err` for a code without a type.
+fn icmp_match(
+    module: &str,
+    option: &str,
+    icmp: IcmpFields,
+    negated: bool,
+) -> Result<Option<String>, ()> {
+    let not = if negated { "! " } else { "" };
+    match (icmp.icmp_type, icmp.code) {
+        (Some(t), Some(c)) => Ok(Some(format!("-m {module} {not}{option} {t}/{c}"))),
+        (Some(t), None) => Ok(Some(format!("-m {module} {not}{option} {t}"))),
+        (None, Some(_)) => Err(()),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The rules before a rule whose matches need blocks (Felix's scheme): set "every block
+/// matched" (and clear "this block matched"); per block of alternatives, each that matches
+/// sets "this block", and when none did, "every block" is cleared; per block that must not
+/// match, each alternative that matches clears "every block". The rule then requires
+/// "every block matched".
+fn with_blocks(mut spec: Spec, blocks: Vec<Block>) -> RuleMatch {
+    if blocks.is_empty() {
+        return RuleMatch {
+            before: Vec::new(),
+            spec,
+        };
+    }
+    let start = format!(
+        "-j MARK --set-xmark {MARK_SCRATCH_ALL:#x}/{:#x}",
+        MARK_SCRATCH_ALL | MARK_SCRATCH_THIS
+    );
+    let mut before = vec![(Spec::jump(start), "scratch marks")];
+    let mut first = true;
+    for block in blocks {
+        match block {
+            Block::Any(purpose, alternatives) => {
+                if !first {
+                    before.push((Spec::jump(clear_marks(MARK_SCRATCH_THIS)), purpose));
+                }
+                first = false;
+                for mut alternative in alternatives {
+                    alternative.protocol = spec.protocol;
+                    alternative.target = set_mark(MARK_SCRATCH_THIS);
+                    before.push((alternative, purpose));
+                }
+                before.push((
+                    Spec::jump(clear_marks(MARK_SCRATCH_ALL)).with(mark_clear(MARK_SCRATCH_THIS)),
+                    purpose,
+                ));
+            }
+            Block::None(purpose, alternatives) => {
+                for mut alternative in alternatives {
+                    alternative.protocol = spec.protocol;
+                    alternative.target = clear_marks(MARK_SCRATCH_ALL);
+                    before.push((alternative, purpose));
+                }
+            }
+        }
+    }
+    spec.matches.push(mark_set(MARK_SCRATCH_ALL));
+    RuleMatch { before, spec }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Destination,
+}
+
+impl Side {
+    fn address(self, spec: &mut Spec) -> &mut Option<(bool, IpNet)> {
+        match self {
+            Side::Source => &mut spec.source,
+            Side::Destination => &mut spec.destination,
+        }
+    }
+
+    fn address_spec(self, net: IpNet) -> Spec {
+        let mut spec = Spec::default();
+        *self.address(&mut spec) = Some((false, net));
+        spec
+    }
+
+    /// ipset's direction flag.
+    fn flag(self) -> &'static str {
+        match self {
+            Side::Source => "src",
+            Side::Destination => "dst",
+        }
+    }
+
+    fn multiport(self) -> &'static str {
+        match self {
+            Side::Source => "--sports",
+            Side::Destination => "--dports",
+        }
+    }
+
+    fn purposes(self) -> [&'static str; 3] {
+        match self {
+            Side::Source => ["source nets", "not source nets", "source ports"],
+            Side::Destination => [
+                "destination nets",
+                "not destination nets",
+                "destination ports",
+            ],
+        }
+    }
+}
+
+/// Adds one end's conditions to `spec`, and what one rule cannot say to `blocks`; `None`
+/// when they can never hold in `family`.
+fn end_matches(
+    e: &EndMatch,
+    side: Side,
+    family: Family,
+    spec: &mut Spec,
+    blocks: &mut Vec<Block>,
+) -> Option<()> {
+    let [nets_purpose, not_nets_purpose, ports_purpose] = side.purposes();
+    let of_family = |nets: &[IpNet]| -> Vec<IpNet> {
+        let nets: Vec<IpNet> = nets
+            .iter()
+            .map(IpNet::trunc)
+            .filter(|n| family.holds(n.addr()))
+            .collect();
+        IpNet::aggregate(&nets)
+    };
+    if !e.nets.is_empty() {
+        match of_family(&e.nets).as_slice() {
+            [] => return None,
+            // Every address of the family: no condition.
+            [net] if net.prefix_len() == 0 => {}
+            [net] => *side.address(spec) = Some((false, *net)),
+            nets => blocks.push(Block::Any(
+                nets_purpose,
+                nets.iter().map(|n| side.address_spec(*n)).collect(),
+            )),
+        }
+    }
+    match of_family(&e.not_nets).as_slice() {
+        [] => {}
+        [net] if net.prefix_len() == 0 => return None,
+        [net] if side.address(spec).is_none() => *side.address(spec) = Some((true, *net)),
+        nets => blocks.push(Block::None(
+            not_nets_purpose,
+            nets.iter().map(|n| side.address_spec(*n)).collect(),
+        )),
+    }
+    let flag = side.flag();
+    if let Some(set) = &e.ip_set {
+        let set = set_name(family, set);
+        spec.matches
+            .push(format!("-m set --match-set {set} {flag}"));
+    }
+    if let Some(set) = &e.not_ip_set {
+        let set = set_name(family, set);
+        spec.matches
+            .push(format!("-m set ! --match-set {set} {flag}"));
+    }
+
+    let (numbers, named) = split_ports(&e.ports);
+    let mut alternatives: Vec<String> = multiport_lists(&numbers)
+        .into_iter()
+        .map(|list| format!("-m multiport {} {list}", side.multiport()))
+        .collect();
+    alternatives.extend(named.iter().map(|set| {
+        let set = set_name(family, set);
+        format!("-m set --match-set {set} {flag},{flag}")
+    }));
+    match alternatives.len() {
+        0 => {}
+        1 => spec.matches.append(&mut alternatives),
+        _ => blocks.push(Block::Any(
+            ports_purpose,
+            alternatives
+                .into_iter()
+                .map(|a| Spec::default().with(a))
+                .collect(),
+        )),
+    }
+    let (numbers, named) = split_ports(&e.not_ports);
+    for list in multiport_lists(&numbers) {
+        spec.matches
+            .push(format!("-m multiport ! {} {list}", side.multiport()));
+    }
+    for set in named {
+        let set = set_name(family, set);
+        spec.matches
+            .push(format!("-m set ! --match-set {set} {flag},{flag}"));
+    }
+    Some(())
+}
+
+/// Numeric ports as inclusive ranges, and the ids of named-port sets.
+fn split_ports(ports: &[PortMatch]) -> (Vec<(u16, u16)>, Vec<&str>) {
+    let mut numbers = Vec::new();
+    let mut named = Vec::new();
+    for p in ports {
+        match p {
+            PortMatch::Number(n) => numbers.push((*n, *n)),
+            PortMatch::Range(lo, hi) => numbers.push((*lo, *hi)),
+            PortMatch::Named(set) => named.push(set.as_str()),
+        }
+    }
+    (numbers, named)
+}
+
+/// Ranges sorted and merged, as multiport lists (`80,1000:2000`) of at most 15 slots each.
+fn multiport_lists(ranges: &[(u16, u16)]) -> Vec<String> {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::new();
+    for (lo, hi) in sorted {
+        match merged.last_mut() {
+            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    let mut lists = Vec::new();
+    let mut items: Vec<String> = Vec::new();
+    let mut slots = 0;
+    for (lo, hi) in merged {
+        let (item, cost) = if lo == hi {
+            (lo.to_string(), 1)
+        } else {
+            (format!("{lo}:{hi}"), 2)
+        };
+        if slots + cost > MULTIPORT_SLOTS {
+            lists.push(items.join(","));
+            items.clear();
+            slots = 0;
+        }
+        items.push(item);
+        slots += cost;
+    }
+    if !items.is_empty() {
+        lists.push(items.join(","));
+    }
+    lists
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,449 @@
+//! Tests against the real kernel, each in throwaway network namespaces
+//! (`ip netns add mgyipt-<pid>-<n>`) that a guard deletes even when the test panics: the
+//! host's own tables and sets are never touched, and no packet leaves the namespaces.
+//!
+//! They need root, iptables and ipset; otherwise each prints "skipped: …" and passes. They
+//! use the binaries `iptables` names (`iptables-restore`, …: [`Backend::Default`]), and the
+//! loading tests also run with `iptables-legacy-*` and `iptables-nft-*` where installed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use margay_iptables::{
+    changed_chains, remove_all, render, Applier, Backend, Family, Iptables, IptablesCommand,
+    Rendered,
+};
+use margay_policy::program::{program, Program};
+use margay_policy::{evaluate, Packet, Peer, Protocol};
+
+mod common;
+
+const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+
+/// Why this process cannot run the tools against the kernel, if it cannot.
+fn missing_tools_or_root() -> Option<&'static str> {
+    let runs = |argv: &[&str]| {
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !margay_sys::process::is_root() {
+        Some("needs root")
+    } else if !runs(&["iptables-restore", "--version"]) {
+        Some("iptables is not installed")
+    } else if !runs(&["ipset", "--version"]) {
+        Some("ipset is not installed")
+    } else {
+        None
+    }
+}
+
+macro_rules! require_root_and_tools {
+    () => {
+        if let Some(why) = missing_tools_or_root() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// The backends to load with: the default, and each explicit one that is installed.
+fn backends() -> Vec<Backend> {
+    let mut backends = vec![Backend::Default];
+    for (backend, binary) in [
+        (Backend::Legacy, "iptables-legacy-restore"),
+        (Backend::Nft, "iptables-nft-restore"),
+    ] {
+        let installed = Command::new(binary)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if installed {
+            backends.push(backend);
+        }
+    }
+    backends
+}
+
+/// Runs a command; panics with its stderr if it fails.
+fn run(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", argv.join(" ")));
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        argv.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A named network namespace, deleted on drop (also when the test panics).
+struct TestNs {
+    name: String,
+}
+
+impl TestNs {
+    fn new() -> TestNs {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mgyipt-{}-{n}", std::process::id());
+        run(&["ip", "netns", "add", &name]);
+        TestNs { name }
+    }
+
+    fn iptables(&self) -> IptablesCommand {
+        IptablesCommand::in_netns(&self.name)
+    }
+
+    /// `ip netns exec NS ARGS…`
+    fn exec(&self, args: &[&str]) -> String {
+        let mut argv = vec!["ip", "netns", "exec", &self.name];
+        argv.extend(args);
+        run(&argv)
+    }
+
+    /// `ip -n NS ARGS…`
+    fn ip(&self, args: &str) {
+        let mut argv = vec!["ip", "-n", &self.name];
+        argv.extend(args.split_whitespace());
+        run(&argv);
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The rules of a filter table, without `iptables-save`'s dated comments.
+fn rules(runner: &mut IptablesCommand, family: Family) -> Vec<String> {
+    let save = runner.save(family).unwrap();
+    save.lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn golden_node1() -> Program {
+    program(&common::golden_cluster(), "node1")
+}
+
+fn kernel(runner: &mut IptablesCommand, family: Family) -> Rendered {
+    let save = runner.save(family).unwrap();
+    let sets = runner.ipset_save().unwrap();
+    Rendered::from_kernel(family, &save, &sets)
+}
+
+/// The kernel shows exactly `want`: every chain with the same rules, written as
+/// `iptables-save` writes them, Margay's `FORWARD` rules, and the sets with their headers and
+/// members.
+fn assert_kernel_shows(runner: &mut IptablesCommand, want: &Rendered) {
+    let got = kernel(runner, want.family);
+    let by_name = |r: &Rendered| -> BTreeMap<String, Vec<String>> {
+        r.chains
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.rules.iter().map(|r| r.spec.clone()).collect(),
+                )
+            })
+            .collect()
+    };
+    let (got_chains, want_chains) = (by_name(&got), by_name(want));
+    for (name, rules) in &want_chains {
+        assert_eq!(got_chains.get(name), Some(rules), "chain {name}");
+    }
+    assert_eq!(got_chains.len(), want_chains.len());
+    let hooks = |r: &Rendered| -> Vec<(String, String)> {
+        r.hooks
+            .iter()
+            .map(|h| (h.chain.clone(), h.rule.spec.clone()))
+            .collect()
+    };
+    assert_eq!(hooks(&got), hooks(want));
+    assert_eq!(got.sets, want.sets);
+    assert!(changed_chains(&got, want).is_empty());
+}
+
+#[test]
+fn the_rendering_loads_and_iptables_save_shows_it() {
+    require_root_and_tools!();
+    eprintln!("iptables: {}", run(&["iptables", "--version"]).trim());
+    let node1 = golden_node1();
+    for backend in backends() {
+        let ns = TestNs::new();
+        let mut runner = ns.iptables().with_backend(backend);
+        // Someone else's rule in FORWARD stays where it is.
+        runner
+            .restore(
+                Family::V4,
+                "*filter\n-A FORWARD -s 192.0.2.1/32 -j DROP\nCOMMIT\n",
+            )
+            .unwrap();
+        for family in FAMILIES {
+            let rendered = render(&node1, family);
+            runner.ipset_restore(&rendered.ipset_restore()).unwrap();
+            runner
+                .restore(family, &rendered.iptables_restore())
+                .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+            assert_kernel_shows(&mut runner, &rendered);
+        }
+        let save = runner.save(Family::V4).unwrap();
+        let forward: Vec<&str> = save
+            .lines()
+            .filter(|l| l.starts_with("-A FORWARD "))
+            .collect();
+        assert_eq!(forward.len(), 3, "{backend:?}: {save}");
+        assert!(forward[0].ends_with("-j mgy-FORWARD"), "{forward:?}");
+        assert!(forward[1].contains("192.0.2.1"), "{forward:?}");
+        assert!(forward[2].ends_with("-j ACCEPT"), "{forward:?}");
+    }
+}
+
+#[test]
+fn deltas_and_removal_apply_to_the_kernel() {
+    require_root_and_tools!();
+    let old = golden_node1();
+    let new_pod_elsewhere = "---
+apiVersion: margay.dev/v1
+kind: WorkloadEndpoint
+metadata:
+  name: node2-k8s-d-eth0
+  namespace: y
+  labels: {pod: d, app: db}
+spec:
+  orchestrator: k8s
+  node: node2
+  pod: d
+  endpoint: eth0
+  interfaceName: mgy0000000000d
+  ipNetworks: [10.1.1.3/32, \"fd00:10:1::4/128\"]
+  profiles: [kns.y]
+  ports: [{name: web, protocol: TCP, port: 5432}]
+";
+    // A pod starts elsewhere and the trusted set grows: set members only.
+    let yaml =
+        common::golden_yaml().replace("198.51.100.0/25", "198.51.100.0/24") + new_pod_elsewhere;
+    let members = program(&common::cluster(&yaml), "node1");
+    // Then a policy rule changes and a pod starts here: chains.
+    let yaml = yaml.replace("notPorts: [22, \"2000:2100\"]", "notPorts: [22]")
+        + "---
+apiVersion: margay.dev/v1
+kind: WorkloadEndpoint
+metadata:
+  name: node1-k8s-e-eth0
+  namespace: z
+  labels: {pod: e}
+spec:
+  orchestrator: k8s
+  node: node1
+  pod: e
+  endpoint: eth0
+  interfaceName: mgy000000000e0
+  ipNetworks: [10.1.2.4/32, \"fd00:10:2::4/128\"]
+  profiles: [kns.z]
+";
+    let new = program(&common::cluster(&yaml), "node1");
+    for backend in backends() {
+        let ns = TestNs::new();
+        // Someone else's set and rule, which stay.
+        let mut other = ns.iptables().with_backend(backend);
+        other.ipset_restore("create other hash:ip\n").unwrap();
+        let rule = "-A FORWARD -m set --match-set other src -j DROP";
+        other
+            .restore(Family::V4, &format!("*filter\n{rule}\nCOMMIT\n"))
+            .unwrap();
+        for family in FAMILIES {
+            let mut applier = Applier::new(ns.iptables().with_backend(backend), family);
+            assert!(applier.apply(&old).unwrap());
+            assert_kernel_shows(applier.runner(), &render(&old, family));
+
+            let rules_before = rules(applier.runner(), family);
+            assert!(applier.apply(&members).unwrap());
+            assert_kernel_shows(applier.runner(), &render(&members, family));
+            assert!(
+                rules(applier.runner(), family) == rules_before,
+                "{backend:?} {family:?}: only set members change"
+            );
+
+            assert!(applier.apply(&new).unwrap());
+            assert_kernel_shows(applier.runner(), &render(&new, family));
+            assert!(!applier.apply(&new).unwrap(), "nothing left to change");
+
+            // A fresh applier (an agent restarted) finds nothing to change either.
+            let mut restarted = Applier::new(ns.iptables().with_backend(backend), family);
+            assert!(!restarted.apply(&new).unwrap());
+
+            assert!(restarted.remove_all().unwrap());
+            let left = kernel(restarted.runner(), family);
+            assert_eq!(left, Rendered::empty(family), "{backend:?} {family:?}");
+            assert!(remove_all(&left).is_empty());
+        }
+        assert!(rules(&mut other, Family::V4).contains(&rule.to_owned()));
+        assert!(other.ipset_save().unwrap().contains("create other hash:ip"));
+    }
+}
+
+/// Every local pod of the golden node1 in a network namespace of its own, wired to a "node"
+/// namespace as the CNI plugin wires pods (a veth named as the program names it, a /32 route
+/// to the pod), and one more pod on an interface the program does not know. Every pod tries
+/// TCP to every other on several ports; the SYNs that arrive must be exactly those the
+/// engine allows.
+#[test]
+fn policy_decides_as_the_engine_predicts() {
+    require_root_and_tools!();
+    let cluster = common::golden_cluster();
+    let node1 = program(&cluster, "node1");
+    let node = TestNs::new();
+    node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+
+    struct Pod {
+        id: Option<String>,
+        ns: TestNs,
+        ip: IpAddr,
+    }
+    let wire = |iface: &str, ip: IpAddr| {
+        let pod = TestNs::new();
+        node.ip(&format!(
+            "link add {iface} type veth peer name eth0 netns {}",
+            pod.name
+        ));
+        node.ip(&format!("addr add 10.254.0.1/32 dev {iface}"));
+        node.ip(&format!("link set {iface} up"));
+        node.ip(&format!("route add {ip}/32 dev {iface}"));
+        pod.ip("link set lo up");
+        pod.ip("link set eth0 up");
+        pod.ip(&format!("addr add {ip}/32 dev eth0"));
+        pod.ip("route add 10.254.0.1/32 dev eth0");
+        pod.ip("route add default via 10.254.0.1 dev eth0");
+        pod
+    };
+    let mut pods: Vec<Pod> = node1
+        .endpoints
+        .iter()
+        .map(|(iface, ep)| {
+            let ip = *ep.ips.iter().find(|ip| ip.is_ipv4()).unwrap();
+            Pod {
+                id: Some(ep.id.clone()),
+                ns: wire(iface, ip),
+                ip,
+            }
+        })
+        .collect();
+    let stranger: IpAddr = "10.1.0.99".parse().unwrap();
+    pods.push(Pod {
+        id: None,
+        ns: wire("mgyfffffffffff", stranger),
+        ip: stranger,
+    });
+
+    for family in FAMILIES {
+        assert!(Applier::new(node.iptables(), family).apply(&node1).unwrap());
+    }
+
+    const PORTS: [u16; 5] = [22, 80, 81, 8080, 9090];
+    // Each pod counts the SYNs it receives, by source and port, in its INPUT chain.
+    for dst in &pods {
+        let mut input = String::from("*filter\n");
+        for (i, src) in pods.iter().enumerate() {
+            for port in PORTS {
+                input += &format!(
+                    "-A INPUT -s {}/32 -p tcp -m tcp --dport {port} --tcp-flags SYN,ACK SYN \
+                     -m comment --comment c{i}_{port}\n",
+                    src.ip
+                );
+            }
+        }
+        input += "COMMIT\n";
+        dst.ns.iptables().restore(Family::V4, &input).unwrap();
+    }
+    // Every pod connects to every other on every port at once; nothing listens, so an
+    // arriving SYN is answered with a reset, and a dropped one times out.
+    for src in &pods {
+        let targets: Vec<String> = pods
+            .iter()
+            .filter(|dst| dst.ip != src.ip)
+            .flat_map(|dst| PORTS.map(|port| format!("{}/{port}", dst.ip)))
+            .collect();
+        src.ns.exec(&[
+            "bash",
+            "-c",
+            &format!(
+                "for t in {}; do timeout 1 bash -c \"echo > /dev/tcp/$t\" 2>/dev/null & done; \
+                 wait; true",
+                targets.join(" ")
+            ),
+        ]);
+    }
+    // Every connection has ended (answered or timed out): what arrived is counted.
+    std::thread::sleep(Duration::from_millis(100));
+    let counts: Vec<BTreeMap<String, u64>> = pods.iter().map(|p| syn_counts(&p.ns)).collect();
+    let mut wrong = Vec::new();
+    let mut allowed = 0;
+    for (i, src) in pods.iter().enumerate() {
+        for (j, dst) in pods.iter().enumerate().filter(|(_, dst)| dst.ip != src.ip) {
+            for port in PORTS {
+                let arrived = counts[j][&format!("c{i}_{port}")] > 0;
+                let expected = match (&src.id, &dst.id) {
+                    (Some(from), Some(to)) => {
+                        evaluate(
+                            &cluster,
+                            &Packet {
+                                from: Peer::Endpoint(from.clone()),
+                                to: Peer::Endpoint(to.clone()),
+                                protocol: Protocol::Tcp,
+                                port,
+                            },
+                        )
+                        .allowed
+                    }
+                    // An unknown workload interface: dropped whatever policy says.
+                    _ => false,
+                };
+                allowed += usize::from(expected);
+                if arrived != expected {
+                    wrong.push(format!(
+                        "{} -> {} port {port}: arrived {arrived}, engine allows {expected}",
+                        src.ip, dst.ip
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(allowed >= 5, "the fixture should allow some traffic");
+    // Allowed packets were accepted by Margay's rule at the end of FORWARD.
+    let save = node.exec(&["iptables-save", "-c", "-t", "filter"]);
+    let accepted = save
+        .lines()
+        .find(|l| l.contains("-A FORWARD ") && l.ends_with("-j ACCEPT"))
+        .unwrap_or_else(|| panic!("{save}"));
+    assert!(!accepted.starts_with("[0:"), "{accepted}");
+}
+
+/// The SYNs each INPUT rule counted, by comment, from `iptables-save -c`.
+fn syn_counts(ns: &TestNs) -> BTreeMap<String, u64> {
+    let save = ns.exec(&["iptables-save", "-c", "-t", "filter"]);
+    save.lines()
+        .filter_map(|line| {
+            // "[packets:bytes] -A INPUT … --comment cI_PORT"
+            let packets = line.strip_prefix('[')?.split(':').next()?.parse().ok()?;
+            let comment = line.split("--comment ").nth(1)?.split_whitespace().next()?;
+            Some((comment.to_owned(), packets))
+        })
+        .collect()
+}
