@@ -1,6 +1,6 @@
-//! The agent's loop: register, then sync (read the model, plan, diff, apply) whenever the
-//! datastore changes and on a timer; on a datastore outage keep what is programmed, report
-//! not-ready and retry with backoff.
+//! The agent's loop: register, then sync (read the model, plan, diff, apply; program the
+//! node's policy) whenever the datastore changes and on a timer; on a datastore outage keep
+//! what is programmed, report not-ready and retry with backoff.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -10,29 +10,36 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::stream::{select_all, StreamExt};
 use futures::FutureExt;
 use ipnet::{IpNet, Ipv4Net};
+use margay_api::{Kind, Resource};
 use margay_client::Client;
 use margay_datastore::{Query, SharedDatastore};
 use margay_nft::{Applier, NftCommand};
+use margay_policy::program::Program;
 use margay_sys::netlink::RouteSocket;
 use serde_json::json;
 
 use crate::config::{AgentOptions, IpChoice};
 use crate::http::{self, Health};
 use crate::kernel::{Kernel, LinuxKernel};
-use crate::metrics::Metrics;
-use crate::model::Model;
+use crate::metrics::{Metrics, PolicyGauges};
+use crate::model::{Model, POLICY_KINDS};
 use crate::plan::{self, Host, Plan, RouteTarget};
+use crate::policy::{self, Change, Counts, PolicyTables, PROGRAMMED_DIR};
 use crate::reconcile::{self, Grace};
 use crate::{autodetect, register, Error};
 
-/// The kinds whose changes can change the plan.
-const WATCHED: [&str; 5] = [
-    "IPPool",
-    "Node",
-    "IPAMBlock",
-    "WorkloadEndpoint",
-    "AgentConfiguration",
-];
+/// The kinds whose changes can change the plan (routes) or the policy program.
+fn watched() -> impl Iterator<Item = Kind> {
+    [
+        Kind::IPPool,
+        Kind::Node,
+        Kind::IPAMBlock,
+        Kind::WorkloadEndpoint,
+        Kind::AgentConfiguration,
+    ]
+    .into_iter()
+    .chain(POLICY_KINDS)
+}
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A datastore that does not answer within this is treated as down (a hung connection
 /// must not freeze the loop or its liveness heartbeat).
@@ -51,6 +58,8 @@ pub struct SyncReport {
     pub pools: Vec<serde_json::Value>,
     /// When a held-back deletion (see [`Grace`]) falls due: sync again by then.
     pub next_due: Option<Instant>,
+    /// What the policy engine reads, from the same snapshot (see [`policy::compute`]).
+    pub policy_inputs: Vec<Resource>,
 }
 
 /// The interface that holds `ip`, and its MTU.
@@ -102,6 +111,7 @@ pub async fn sync_once<K: Kernel>(
         model = Model::load(client, &host.node).await?;
     }
     let plan = plan::plan(&model, host);
+    let policy_inputs = std::mem::take(&mut model.policy_inputs);
     let observed = kernel.observe()?;
     let (ops, next_due) = grace.hold(reconcile::diff(&plan, &observed), Instant::now());
     let mut errors = Vec::new();
@@ -132,6 +142,31 @@ pub async fn sync_once<K: Kernel>(
         plan,
         pools,
         next_due,
+        policy_inputs,
+    })
+}
+
+/// What the last policy programming did, for `/status`.
+struct PolicyOutcome {
+    /// `None` when nothing was applied (no program, or nft failed).
+    change: Option<Change>,
+    took: Duration,
+    /// Policy resources left out, or the error that kept what is programmed.
+    errors: Vec<String>,
+}
+
+fn policy_json(applied: Option<&Program>, outcome: &PolicyOutcome) -> serde_json::Value {
+    let counts = applied.map(Counts::of).unwrap_or_default();
+    json!({
+        "programmed": applied.is_some(),
+        "policies": counts.policies,
+        "profiles": counts.profiles,
+        "endpoints": counts.endpoints,
+        "sets": counts.sets,
+        "rules": counts.rules,
+        "skippedEndpoints": applied.map(|p| &p.skipped),
+        "lastChange": outcome.change,
+        "lastSeconds": outcome.took.as_secs_f64(),
     })
 }
 
@@ -140,6 +175,8 @@ fn status_json(
     report: &SyncReport,
     took: Duration,
     errors: &[String],
+    policy: serde_json::Value,
+    policy_errors: &[String],
 ) -> serde_json::Value {
     let model_plan = &report.plan;
     let remote = model_plan
@@ -174,6 +211,8 @@ fn status_json(
         "lastSyncSeconds": took.as_secs_f64(),
         "errors": errors,
         "warnings": model_plan.warnings,
+        "policy": policy,
+        "policyErrors": policy_errors,
     })
 }
 
@@ -185,8 +224,8 @@ async fn wait_for_change(
     timeout: Duration,
 ) -> Option<Instant> {
     let mut streams = Vec::new();
-    for kind in WATCHED {
-        match ds.watch(&Query::kind(kind), revision).await {
+    for kind in watched() {
+        match ds.watch(&Query::kind(kind.name()), revision).await {
             Ok(s) => streams.push(s),
             // Compacted or unreachable: resync now; the loop handles the outage.
             Err(_) => return None,
@@ -254,6 +293,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
     tracing::info!(node = %host.node, ip = %host.ip, uplink = %host.uplink, "agent started");
     let mut kernel = LinuxKernel::new()?;
     let mut nft = Applier::new(NftCommand::default());
+    // Replaced with the first program, atomically: established connections (conntrack)
+    // and everything else see either the tables of the last run or the new ones.
+    let mut tables = PolicyTables::new(NftCommand::default());
     run_loop(
         &ds,
         &client,
@@ -261,6 +303,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
         &opts,
         &mut kernel,
         &mut nft,
+        &mut tables,
         &health,
         &metrics,
         resync,
@@ -276,6 +319,7 @@ async fn run_loop(
     opts: &AgentOptions,
     kernel: &mut LinuxKernel,
     nft: &mut Applier<NftCommand>,
+    tables: &mut PolicyTables<NftCommand>,
     health: &Arc<Health>,
     metrics: &Arc<Metrics>,
     resync: Duration,
@@ -285,8 +329,13 @@ async fn run_loop(
     let mut change_arrived: Option<Instant> = None;
     let mut last_status = json!({"node": host.node, "ready": false});
     let mut grace = Grace::default();
+    // The policy errors of the last sync, each logged once.
+    let mut policy_errors: Vec<String> = Vec::new();
     loop {
         health.heartbeat();
+        // No change arrived: this is the periodic resync, which also checks that the policy
+        // tables are still there.
+        let timer_driven = change_arrived.is_none();
         // The revision first (watching from it misses nothing the sync reads), then the sync;
         // a datastore that fails or hangs in either is one outage.
         let attempt = async {
@@ -302,7 +351,7 @@ async fn run_loop(
                     .map_err(|_| Error::Io(format!("sync took longer than {SYNC_TIMEOUT:?}")))??;
             Ok::<_, Error>((revision, started, report))
         };
-        let (revision, started, report) = match attempt.await {
+        let (revision, started, mut report) = match attempt.await {
             Ok(done) => done,
             Err(e @ (Error::Datastore(_) | Error::Connect(_) | Error::Ipam(_) | Error::Io(_))) => {
                 outage(
@@ -332,6 +381,28 @@ async fn run_loop(
             metrics.apply_error("nft");
             errors.push(format!("nft: {e}"));
         }
+        if timer_driven {
+            match tables.forget_if_missing() {
+                Ok(true) => {
+                    tracing::warn!("a policy table was removed behind the agent; replacing")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    metrics.apply_error("nft");
+                    errors.push(format!("nft: listing the policy tables: {e}"));
+                }
+            }
+        }
+        let outcome = program_policy(
+            tables,
+            std::mem::take(&mut report.policy_inputs),
+            host,
+            &opts.state_dir,
+            metrics,
+            &mut errors,
+            &policy_errors,
+        );
+        policy_errors.clone_from(&outcome.errors);
         if report.plan.pod_mtu != pod_mtu {
             write_state(&opts.state_dir, "mtu", &report.plan.pod_mtu.to_string())?;
             pod_mtu = report.plan.pod_mtu;
@@ -344,7 +415,14 @@ async fn run_loop(
             p.fdb.len() as u64,
             p.neighbours.len() as u64,
         );
-        last_status = status_json(host, &report, took, &errors);
+        last_status = status_json(
+            host,
+            &report,
+            took,
+            &errors,
+            policy_json(tables.applied(), &outcome),
+            &outcome.errors,
+        );
         health.set_status(last_status.clone());
         // From a datastore change arriving to the kernel reflecting it.
         if let Some(arrived) = change_arrived.take() {
@@ -359,6 +437,66 @@ async fn run_loop(
             .next_due
             .map_or(resync, |due| due.saturating_duration_since(Instant::now()));
         change_arrived = wait_for_change(ds, revision, resync.min(until_due)).await;
+    }
+}
+
+/// Computes this node's policy program and applies it; an error about the model keeps what
+/// is programmed. After a successful apply, records the programmed interfaces. Failures go
+/// to `errors` and the metrics.
+fn program_policy(
+    tables: &mut PolicyTables<NftCommand>,
+    inputs: Vec<Resource>,
+    host: &Host,
+    state_dir: &Path,
+    metrics: &Metrics,
+    errors: &mut Vec<String>,
+    reported: &[String],
+) -> PolicyOutcome {
+    let started = Instant::now();
+    let computed = policy::compute(inputs, &host.node);
+    // Each error once, not on every sync while it lasts (`/status` always shows them all).
+    for e in computed.errors.iter().filter(|e| !reported.contains(e)) {
+        if computed.program.is_some() {
+            tracing::warn!(error = %e, "policy left out; enforcing the others");
+        } else {
+            tracing::warn!(error = %e, "policy refused; keeping what is programmed");
+        }
+    }
+    let mut change = None;
+    if let Some(program) = computed.program {
+        match tables.apply(program) {
+            Ok(done) => {
+                if done != Change::Unchanged {
+                    tracing::info!(change = ?done, "policy programmed");
+                }
+                change = Some(done);
+            }
+            Err(e) => {
+                metrics.apply_error("nft");
+                errors.push(format!("nft: policy: {e}"));
+            }
+        }
+    }
+    if let (Some(_), Some(applied)) = (change, tables.applied()) {
+        let programmed = policy::programmed(applied, &computed.owners);
+        if let Err(e) = policy::record_programmed(&state_dir.join(PROGRAMMED_DIR), &programmed) {
+            metrics.apply_error("state");
+            errors.push(format!("state: {e}"));
+        }
+    }
+    let took = started.elapsed();
+    metrics.observe_policy(took.as_secs_f64());
+    let counts = tables.applied().map(Counts::of).unwrap_or_default();
+    metrics.set_policy(PolicyGauges {
+        endpoints: counts.endpoints as u64,
+        rules: counts.rules as u64,
+        sets: counts.sets as u64,
+        errors: computed.errors.len() as u64,
+    });
+    PolicyOutcome {
+        change,
+        took,
+        errors: computed.errors,
     }
 }
 

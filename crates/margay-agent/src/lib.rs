@@ -1,9 +1,10 @@
-//! The node agent (`margay node run`): Felix's routing half.
+//! The node agent (`margay node run`): Felix's routing and policy.
 //!
 //! It registers the node, then keeps the kernel in step with the datastore: it reads the
 //! model ([`model`]), computes the desired dataplane as plain data ([`plan`]), diffs it
 //! against what the kernel has and applies only the difference ([`reconcile`], through the
-//! [`kernel::Kernel`] seam), on every change and on a resync timer ([`agent`]).
+//! [`kernel::Kernel`] seam), and programs the node's network policy into nftables
+//! ([`policy`]), on every change and on a resync timer ([`agent`]).
 
 pub mod agent;
 pub mod autodetect;
@@ -13,6 +14,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod register;
 pub mod status;

@@ -19,7 +19,15 @@ const SECONDS_BUCKETS: [f64; 16] = [
 
 /// The `kind` values of `margay_agent_apply_errors_total`, exported at 0 from the start so
 /// that `rate()` and alerts see the series before the first error.
-const ERROR_KINDS: [&str; 6] = ["route", "fdb", "neighbour", "link", "nft", "datastore"];
+const ERROR_KINDS: [&str; 7] = [
+    "route",
+    "fdb",
+    "neighbour",
+    "link",
+    "nft",
+    "datastore",
+    "state",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
@@ -37,6 +45,21 @@ pub struct Metrics {
     fdb: Gauge<u64, AtomicU64>,
     neighbours: Gauge<u64, AtomicU64>,
     apply_errors: Family<ErrorLabels, Counter>,
+    policy_duration: Histogram,
+    policy_endpoints: Gauge<u64, AtomicU64>,
+    policy_rules: Gauge<u64, AtomicU64>,
+    policy_sets: Gauge<u64, AtomicU64>,
+    policy_errors: Gauge<u64, AtomicU64>,
+}
+
+/// What the policy tables hold, for [`Metrics::set_policy`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyGauges {
+    pub endpoints: u64,
+    pub rules: u64,
+    pub sets: u64,
+    /// Policy resources refused (left out) at the last sync.
+    pub errors: u64,
 }
 
 impl Metrics {
@@ -82,6 +105,38 @@ impl Metrics {
         for kind in ERROR_KINDS {
             let _ = apply_errors.get_or_create(&ErrorLabels { kind: kind.into() });
         }
+        let policy_duration = Histogram::new(SECONDS_BUCKETS);
+        registry.register(
+            "margay_agent_policy_programming_seconds",
+            "Time taken to compute this node's policy program and bring the policy tables to it",
+            policy_duration.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::<u64, AtomicU64>::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let policy_endpoints = gauge(
+            &mut registry,
+            "margay_agent_policy_endpoints_programmed",
+            "Local workload endpoints whose policy is programmed",
+        );
+        let policy_rules = gauge(
+            &mut registry,
+            "margay_agent_policy_rules_programmed",
+            "Rules of the policy and profile chains programmed",
+        );
+        let policy_sets = gauge(
+            &mut registry,
+            "margay_agent_policy_sets_programmed",
+            "Address and named-port sets programmed for policy",
+        );
+        let policy_errors = gauge(
+            &mut registry,
+            "margay_agent_policy_errors",
+            "Policy resources the agent could not use at its last sync (left out, or keeping \
+             what is programmed)",
+        );
         Arc::new(Metrics {
             registry,
             sync_duration,
@@ -90,6 +145,11 @@ impl Metrics {
             fdb,
             neighbours,
             apply_errors,
+            policy_duration,
+            policy_endpoints,
+            policy_rules,
+            policy_sets,
+            policy_errors,
         })
     }
 
@@ -103,13 +163,24 @@ impl Metrics {
         self.neighbours.set(neighbours);
     }
 
+    pub fn observe_policy(&self, seconds: f64) {
+        self.policy_duration.observe(seconds);
+    }
+
+    pub fn set_policy(&self, gauges: PolicyGauges) {
+        self.policy_endpoints.set(gauges.endpoints);
+        self.policy_rules.set(gauges.rules);
+        self.policy_sets.set(gauges.sets);
+        self.policy_errors.set(gauges.errors);
+    }
+
     /// Time from a datastore event arriving to its change being applied.
     pub fn observe_watch_lag(&self, seconds: f64) {
         self.watch_lag.observe(seconds);
     }
 
     /// Counts one failure; `kind` is one of "route", "fdb", "neighbour", "link", "nft",
-    /// "datastore".
+    /// "datastore", "state" (files under the state directory).
     pub fn apply_error(&self, kind: &str) {
         self.apply_errors
             .get_or_create(&ErrorLabels { kind: kind.into() })
@@ -138,6 +209,11 @@ mod tests {
             "margay_agent_routes_programmed 0",
             "margay_agent_fdb_entries_programmed 0",
             "margay_agent_neighbours_programmed 0",
+            "# TYPE margay_agent_policy_programming_seconds histogram",
+            "margay_agent_policy_endpoints_programmed 0",
+            "margay_agent_policy_rules_programmed 0",
+            "margay_agent_policy_sets_programmed 0",
+            "margay_agent_policy_errors 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
@@ -158,6 +234,13 @@ mod tests {
         metrics.apply_error("route");
         metrics.apply_error("route");
         metrics.apply_error("nft");
+        metrics.observe_policy(0.004);
+        metrics.set_policy(PolicyGauges {
+            endpoints: 5,
+            rules: 40,
+            sets: 7,
+            errors: 1,
+        });
         let text = metrics.encode();
         for line in [
             "margay_agent_sync_duration_seconds_count 2\n",
@@ -172,6 +255,11 @@ mod tests {
             "margay_agent_apply_errors_total{kind=\"route\"} 2\n",
             "margay_agent_apply_errors_total{kind=\"nft\"} 1\n",
             "margay_agent_apply_errors_total{kind=\"fdb\"} 0\n",
+            "margay_agent_policy_programming_seconds_bucket{le=\"0.005\"} 1\n",
+            "margay_agent_policy_endpoints_programmed 5\n",
+            "margay_agent_policy_rules_programmed 40\n",
+            "margay_agent_policy_sets_programmed 7\n",
+            "margay_agent_policy_errors 1\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

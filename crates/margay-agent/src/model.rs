@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use margay_api::{
-    AgentConfiguration, AgentConfigurationSpec, IPPool, Kind, Node, WorkloadEndpoint,
+    AgentConfiguration, AgentConfigurationSpec, IPPool, Kind, Node, Resource, WorkloadEndpoint,
 };
 use margay_client::Client;
 use margay_datastore::Query;
@@ -61,6 +61,20 @@ async fn load_blocks(client: &Client) -> Result<(Vec<BlockSummary>, i64), margay
     Ok((blocks, listed.revision))
 }
 
+/// The kinds the policy engine reads besides WorkloadEndpoints (which the plan reads too,
+/// and which are listed once for both).
+pub const POLICY_KINDS: [Kind; 9] = [
+    Kind::Namespace,
+    Kind::Pod,
+    Kind::KubernetesNetworkPolicy,
+    Kind::NetworkPolicy,
+    Kind::GlobalNetworkPolicy,
+    Kind::Tier,
+    Kind::Profile,
+    Kind::NetworkSet,
+    Kind::GlobalNetworkSet,
+];
+
 /// One consistent-enough view of the cluster (each kind read once, in one pass).
 #[derive(Debug, Clone, Default)]
 pub struct Model {
@@ -70,6 +84,8 @@ pub struct Model {
     pub endpoints: Vec<WorkloadEndpoint>,
     /// This node's effective AgentConfiguration (`node.<name>` over `default` over defaults).
     pub config: AgentConfigurationSpec,
+    /// What the policy engine reads: the [`POLICY_KINDS`] and every WorkloadEndpoint.
+    pub policy_inputs: Vec<Resource>,
     /// The datastore revision the snapshot was read at (the newest of the lists).
     pub revision: i64,
 }
@@ -81,6 +97,11 @@ impl Model {
         let (blocks, r3) = load_blocks(client).await?;
         let (endpoints, r4) = client.list::<WorkloadEndpoint>(None).await?;
         let (configs, r5) = client.list::<AgentConfiguration>(None).await?;
+        let mut policy_inputs = Vec::new();
+        for kind in POLICY_KINDS {
+            policy_inputs.extend(client.list_resources(kind, None).await?);
+        }
+        policy_inputs.extend(endpoints.iter().cloned().map(Resource::from));
         let global = configs.iter().find(|c| c.metadata.name == "default");
         let mine = configs.iter().find(|c| c.node() == Some(node));
         Ok(Model {
@@ -92,6 +113,7 @@ impl Model {
             blocks,
             endpoints,
             config: AgentConfiguration::effective(global, mine),
+            policy_inputs,
             revision: [r1, r2, r3, r4, r5].into_iter().max().unwrap_or(0),
         })
     }

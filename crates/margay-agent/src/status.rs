@@ -76,12 +76,64 @@ pub fn render(status: &Value) -> String {
             status["lastSyncSeconds"].as_f64().unwrap_or(0.0) * 1000.0
         ),
     );
+    let policy = &status["policy"];
+    line(
+        "Policy",
+        if policy["programmed"] == true {
+            format!(
+                "{} policies, {} profiles, {} endpoints, {} sets, {} rules",
+                text(&policy["policies"]),
+                text(&policy["profiles"]),
+                text(&policy["endpoints"]),
+                text(&policy["sets"]),
+                text(&policy["rules"])
+            )
+        } else {
+            "not programmed".to_owned()
+        },
+    );
+    for (id, why) in policy["skippedEndpoints"].as_object().into_iter().flatten() {
+        line("Not programmed", format!("{id}: {}", text(why)));
+    }
     line("Ready", text(&status["ready"]));
     for e in status["errors"].as_array().into_iter().flatten() {
         line("Error", text(e));
+    }
+    for e in status["policyErrors"].as_array().into_iter().flatten() {
+        line("Policy error", text(e));
     }
     for w in status["warnings"].as_array().into_iter().flatten() {
         line("Warning", text(w));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn policy_counts_and_errors_are_shown() {
+        let status = json!({
+            "node": "n1", "ready": true,
+            "policy": {"programmed": true, "policies": 3, "profiles": 2, "endpoints": 4,
+                       "sets": 5, "rules": 21, "skippedEndpoints": {"x/c": "no interface"}},
+            "policyErrors": ["GlobalNetworkPolicy missing.p: tier \"missing\" does not exist"],
+        });
+        let text = render(&status);
+        for line in [
+            "Policy            3 policies, 2 profiles, 4 endpoints, 5 sets, 21 rules\n",
+            "Not programmed    x/c: no interface\n",
+            "Policy error      GlobalNetworkPolicy missing.p: tier \"missing\" does not exist\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        let text = render(&json!({"node": "n1", "policy": {"programmed": false}}));
+        assert!(
+            text.contains("Policy            not programmed\n"),
+            "{text}"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
@@ -45,6 +46,10 @@ pub struct NetConf {
     pub container_settings: ContainerSettings,
     pub log_file_path: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// Calico's option: how long ADD waits for the node agent to program the new
+    /// endpoint's policy (`<state_dir>/policy/<host veth>`); 0, the default, does not wait.
+    #[serde(default)]
+    pub policy_setup_timeout_seconds: u32,
     #[serde(rename = "runtimeConfig", default)]
     pub runtime_config: RuntimeConfig,
     /// The `args` convention: `args.cni.ips` requests addresses.
@@ -242,6 +247,12 @@ impl NetConf {
             .unwrap_or(Path::new(DEFAULT_STATE_DIR))
     }
 
+    /// How long ADD waits for the endpoint's policy; `None` when it does not wait.
+    pub fn policy_setup_timeout(&self) -> Option<Duration> {
+        (self.policy_setup_timeout_seconds > 0)
+            .then(|| Duration::from_secs(self.policy_setup_timeout_seconds.into()))
+    }
+
     pub fn interface_prefix(&self) -> &str {
         self.interface_prefix
             .as_deref()
@@ -342,6 +353,17 @@ mod tests {
         assert!(loaded.conf.assign_ipv4() && !loaded.conf.assign_ipv6());
         assert!(loaded.conf.container_settings.allow_ip_forwarding);
         assert_eq!(loaded.conf.pool_refs(), vec!["default-ipv4-ippool"]);
+        assert_eq!(loaded.conf.policy_setup_timeout(), None);
+        let waiting = load_str(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"margay","ipam":{"type":"margay-ipam"},
+                "policy_setup_timeout_seconds":5}"#,
+            Command::Add,
+        )
+        .unwrap();
+        assert_eq!(
+            waiting.conf.policy_setup_timeout(),
+            Some(Duration::from_secs(5))
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use margay_api::{
-    ObjectMeta, Pod, PortProtocol, Protocol, WorkloadEndpoint, WorkloadEndpointPort,
-    WorkloadEndpointSpec, ORCHESTRATOR_K8S,
+    Action, EntityRule, ObjectMeta, Pod, PortProtocol, Profile, ProfileSpec, Protocol, Rule,
+    WorkloadEndpoint, WorkloadEndpointPort, WorkloadEndpointSpec, ORCHESTRATOR_K8S,
 };
 use sha1::{Digest, Sha1};
 
@@ -128,6 +128,26 @@ pub fn build(input: &EndpointInput) -> Result<WorkloadEndpoint> {
     Ok(WorkloadEndpoint { metadata, spec })
 }
 
+/// The profile of non-Kubernetes endpoints, named after the network (their only profile), as
+/// Calico's plugin creates it when it is missing: endpoints of the network let each other in,
+/// and send anywhere. It labels them `<network>: ""`, which its ingress rule selects. Without
+/// it, the node agent would find no rule for them and drop all their traffic.
+pub fn network_profile(network: &str) -> Profile {
+    let mut from_network = Rule::new(Action::Allow);
+    from_network.source = EntityRule {
+        selector: Some(format!("has({network})")),
+        ..EntityRule::default()
+    };
+    Profile {
+        metadata: ObjectMeta::named(network),
+        spec: ProfileSpec {
+            ingress: vec![from_network],
+            egress: vec![Rule::new(Action::Allow)],
+            labels_to_apply: BTreeMap::from([(network.to_owned(), String::new())]),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use margay_api::Object;
@@ -211,5 +231,63 @@ mod tests {
         assert_eq!(wep.metadata.name, "n-cni-ctr--1-eth0");
         assert_eq!(wep.spec.profiles, vec!["margay"]);
         assert!(wep.validate().is_empty(), "{:?}", wep.validate());
+    }
+
+    #[test]
+    fn the_network_profile_lets_its_endpoints_in_and_everything_out() {
+        let profile = network_profile("k8s-pod-network");
+        assert!(profile.validate().is_empty(), "{:?}", profile.validate());
+        assert_eq!(
+            serde_json::to_value(&profile.spec).unwrap(),
+            json!({
+                "ingress": [{"action": "Allow", "source": {"selector": "has(k8s-pod-network)"}}],
+                "egress": [{"action": "Allow"}],
+                "labelsToApply": {"k8s-pod-network": ""},
+            })
+        );
+        // Enforced: containers of the network reach each other; others only send to them.
+        let container = |id: &str, ip: &str| {
+            let workload = Workload::Container { id: id.into() };
+            build(&EndpointInput {
+                workload: &workload,
+                node: "n",
+                container_id: id,
+                ifname: "eth0",
+                network: "k8s-pod-network",
+                host_ifname: "mgy1",
+                container_mac: "",
+                addresses: &[ip.parse().unwrap()],
+                pod: None,
+            })
+            .unwrap()
+        };
+        let pod = Workload::Pod {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        let pod = build(&EndpointInput {
+            workload: &pod,
+            node: "n",
+            container_id: "c3",
+            ifname: "eth0",
+            network: "k8s-pod-network",
+            host_ifname: "mgy3",
+            container_mac: "",
+            addresses: &["10.0.0.3".parse().unwrap()],
+            pod: None,
+        })
+        .unwrap();
+        let cluster = margay_policy::Cluster::from_resources([
+            container("c1", "10.0.0.1").into(),
+            container("c2", "10.0.0.2").into(),
+            pod.into(),
+            profile.into(),
+        ])
+        .unwrap();
+        let m = margay_policy::matrix(&cluster, 80, margay_policy::Protocol::Tcp);
+        let allowed = |a: &str, b: &str| m.allowed.contains(&(a.to_owned(), b.to_owned()));
+        assert!(allowed("default/c1", "default/c2") && allowed("default/c2", "default/c1"));
+        assert!(allowed("default/c1", "default/web"));
+        assert!(!allowed("default/web", "default/c1"));
     }
 }

@@ -3,10 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
-use margay_api::{IPAMHandle, IPPool, Pod, WorkloadEndpoint};
+use margay_api::{IPAMHandle, IPPool, Pod, Profile, WorkloadEndpoint};
 use margay_client::Client;
 use margay_datastore::ConnectOptions;
 use margay_ipam::Ipam;
@@ -346,8 +347,34 @@ async fn wire<D: Dataplane, E: Exec>(
         pod: pod.as_ref(),
     });
     let written = match wep {
-        Ok(wep) => write_endpoint(client, wep).await,
+        Ok(wep) => match workload {
+            Workload::Container { .. } => match ensure_profile(client, &conf.name).await {
+                Ok(()) => write_endpoint(client, wep).await,
+                Err(e) => Err(e),
+            },
+            Workload::Pod { .. } => write_endpoint(client, wep).await,
+        },
         Err(e) => Err(e),
+    };
+    let written = match (written, conf.policy_setup_timeout()) {
+        (Ok(()), Some(timeout)) => {
+            let marker = programmed_marker(conf.state_dir(), &host_ifname);
+            if wait_for_policy(&marker, &inv.container_id, timeout).await {
+                Ok(())
+            } else {
+                undo_endpoint(client, node, workload, inv).await;
+                Err(CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!(
+                        "the policy of {host_ifname} was not programmed within {}s \
+                         (policy_setup_timeout_seconds): is the agent running on node {node}?",
+                        timeout.as_secs()
+                    ),
+                )
+                .with_details(format!("waited for {}", marker.display())))
+            }
+        }
+        (written, _) => written,
     };
     if let Err(e) = written {
         if let Err(undo) = host.dataplane.remove(Some(netns), &inv.ifname) {
@@ -385,6 +412,60 @@ async fn wire<D: Dataplane, E: Exec>(
         }
     }
     Ok(result)
+}
+
+/// The directory under the state directory where the node agent records, one file per host
+/// veth, the interfaces whose policy it has programmed; each file holds the container ID of
+/// the endpoint programmed.
+pub const PROGRAMMED_DIR: &str = "policy";
+
+/// How often ADD looks for the agent's record while waiting.
+const POLICY_POLL: Duration = Duration::from_millis(25);
+
+/// The file the node agent writes once `host_ifname`'s policy is programmed.
+pub fn programmed_marker(state_dir: &Path, host_ifname: &str) -> PathBuf {
+    state_dir.join(PROGRAMMED_DIR).join(host_ifname)
+}
+
+/// Waits until `marker` names `container_id` (a file left for an earlier sandbox of the same
+/// pod names another), looking every [`POLICY_POLL`]; false once `timeout` has passed.
+async fn wait_for_policy(marker: &Path, container_id: &str, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if std::fs::read_to_string(marker).is_ok_and(|c| c.trim() == container_id) {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLICY_POLL.min(deadline - now)).await;
+    }
+}
+
+/// Best effort on the way out of a failed ADD: deletes the endpoint it wrote.
+async fn undo_endpoint(client: &Client, node: &str, workload: &Workload, inv: &Invocation) {
+    let deleted = match workload.endpoint_name(node, &inv.ifname) {
+        Ok(name) => delete_endpoint(client, workload.namespace(), &name, &inv.container_id).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = deleted {
+        tracing::error!(error = %e, "could not delete the endpoint of a failed ADD");
+    }
+}
+
+/// Creates the network's profile for non-Kubernetes endpoints unless it exists (an existing
+/// one, the operator's or an earlier ADD's, is kept as it is).
+async fn ensure_profile(client: &Client, network: &str) -> Result<()> {
+    if client.get::<Profile>(None, network).await?.is_some() {
+        return Ok(());
+    }
+    match client.create(&endpoint::network_profile(network)).await {
+        Ok(_) | Err(margay_client::Error::Datastore(margay_datastore::Error::AlreadyExists(_))) => {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Creates the endpoint, or takes over the one an earlier sandbox of the same pod left.
@@ -941,6 +1022,92 @@ mod tests {
         w.run(Command::Del, "c1", "web", json!({})).await.unwrap();
         assert!(w.held("c1").await.is_empty());
         assert!(w.endpoints().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_policy_needs_the_agents_record_for_this_container() {
+        let state = tempfile::tempdir().unwrap();
+        let marker = programmed_marker(state.path(), "mgy0123456789a");
+        let started = std::time::Instant::now();
+        assert!(!wait_for_policy(&marker, "c1", Duration::from_millis(120)).await);
+        assert!(started.elapsed() >= Duration::from_millis(120));
+        std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+        // A record for an earlier sandbox of the same pod does not count…
+        std::fs::write(&marker, "c0\n").unwrap();
+        assert!(!wait_for_policy(&marker, "c1", Duration::from_millis(60)).await);
+        // …the agent's record for this one, arriving while ADD waits, does.
+        let writer = {
+            let marker = marker.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                std::fs::write(&marker, "c1\n").unwrap();
+            })
+        };
+        assert!(wait_for_policy(&marker, "c1", Duration::from_secs(5)).await);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn add_fails_and_undoes_everything_when_policy_is_not_programmed_in_time() {
+        let mut w = World::new("policy-wait").await;
+        let wait = json!({"policy_setup_timeout_seconds": 1});
+        let started = std::time::Instant::now();
+        let err = w
+            .run(Command::Add, "c1", "web", wait.clone())
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        assert_eq!(err.code, code::TRY_AGAIN_LATER);
+        let veth = Workload::Pod {
+            namespace: "ns".into(),
+            name: "web".into(),
+        }
+        .host_veth_name("mgy");
+        assert!(
+            err.msg.starts_with(&format!(
+                "the policy of {veth} was not programmed within 1s"
+            )),
+            "{}",
+            err.msg
+        );
+        assert_eq!(w.host.dataplane.removed, ["eth0"]);
+        assert!(w.held("c1").await.is_empty());
+        assert!(w.endpoints().await.is_empty());
+
+        // The agent has recorded the endpoint: ADD returns as soon as it sees that.
+        let marker = programmed_marker(w.state.path(), &veth);
+        std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+        std::fs::write(&marker, "c2\n").unwrap();
+        let started = std::time::Instant::now();
+        w.run(Command::Add, "c2", "web", wait).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(w.endpoints().await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn containers_get_their_networks_profile_once() {
+        let mut w = World::new("profile").await;
+        let loaded = w.loaded(Command::Add, json!({}));
+        for cid in ["ctr-1", "ctr-2"] {
+            let inv = invocation(Command::Add, cid, "/var/run/netns/x");
+            run(Mode::Main, &inv, &loaded, &mut w.host).await.unwrap();
+        }
+        let (profiles, _) = w.client().list::<Profile>(None).await.unwrap();
+        assert_eq!(profiles.len(), 1);
+        assert_eq!(
+            profiles[0].spec,
+            endpoint::network_profile("k8s-pod-network").spec
+        );
+        // The operator's own profile of that name is left as it is; pods need none.
+        let mut mine = profiles[0].clone();
+        mine.spec.ingress.clear();
+        w.client().update(&mine).await.unwrap();
+        let inv = invocation(Command::Add, "ctr-3", "/var/run/netns/x");
+        run(Mode::Main, &inv, &loaded, &mut w.host).await.unwrap();
+        w.run(Command::Add, "c4", "web", json!({})).await.unwrap();
+        let (profiles, _) = w.client().list::<Profile>(None).await.unwrap();
+        assert_eq!(profiles.len(), 1);
+        assert!(profiles[0].spec.ingress.is_empty());
     }
 
     #[tokio::test]

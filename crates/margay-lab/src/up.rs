@@ -20,6 +20,8 @@ use crate::LabError;
 /// How long agents may take to become ready, and nodes to route to every pod.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
+/// How long the CNI plugin waits for the agent to program a new pod's policy.
+const POLICY_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct UpOptions<'a> {
     pub name: String,
@@ -263,7 +265,7 @@ fn install_cni(state: &LabState) -> Result<(), LabError> {
     for node in &state.topology.nodes {
         let conf_dir = state.node_dir(&node.name).join("net.d");
         std::fs::create_dir_all(&conf_dir).map_err(|e| LabError::io("creating", &conf_dir, e))?;
-        let conflist = margay_cni::install::conflist(&margay_cni::install::InstallOptions {
+        let mut conflist = margay_cni::install::conflist(&margay_cni::install::InstallOptions {
             bin_dir: bin.clone(),
             conf_dir: conf_dir.clone(),
             source: state.binary.clone(),
@@ -273,6 +275,10 @@ fn install_cni(state: &LabState) -> Result<(), LabError> {
             state_dir: Some(state.node_state_dir(&node.name)),
             log_file: Some(state.node_dir(&node.name).join("cni.log")),
         });
+        // ADD returns once the node's agent has programmed the pod's policy, so a pod is
+        // never probed before its rules exist (until then it sends and receives nothing).
+        conflist["plugins"][0]["policy_setup_timeout_seconds"] =
+            POLICY_SETUP_TIMEOUT.as_secs().into();
         let path = conf_dir.join("10-margay.conflist");
         let text = serde_json::to_string_pretty(&conflist).expect("JSON serializes");
         std::fs::write(&path, text).map_err(|e| LabError::io("writing", &path, e))?;
@@ -729,6 +735,10 @@ mod tests {
             std::fs::read_to_string(state.node_dir("node-2").join("net.d/10-margay.conflist"))
                 .unwrap();
         assert!(conf.contains("\"nodename\": \"node-2\""), "{conf}");
+        assert!(
+            conf.contains("\"policy_setup_timeout_seconds\": 10"),
+            "{conf}"
+        );
         assert!(lines.lock().unwrap().iter().any(|l| l == "pods: 4/4 wired"));
         // The datastore holds the spec's documents.
         let pods = crate::access::with_client(&state, |client| async move {

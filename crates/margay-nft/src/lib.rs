@@ -3,8 +3,9 @@
 //!
 //! - [`ruleset`] is the general model (tables, chains, address sets, rules as statement
 //!   text) and its rendering as a script that replaces whole tables in one transaction.
-//! - [`NodeRules`], [`render`], [`Applier`] and [`remove_all`] are the node agent's part:
-//!   NAT outgoing and overlay protection in `table ip margay` / `table ip6 margay`.
+//! - [`NodeRules`], [`render`] and [`Applier`] are the node agent's part: NAT outgoing and
+//!   overlay protection in `table ip margay` / `table ip6 margay`. [`remove_all`] deletes
+//!   these and the policy tables.
 //! - [`policy`] renders a node's policy program (margay-policy's intermediate
 //!   representation) as `table ip margay-policy` / `table ip6 margay-policy`, and updates its
 //!   sets in place.

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
+use crate::policy::POLICY_TABLE;
 use crate::ruleset::{
     BaseChain, Chain, ChainType, Family, Hook, NamedPriority, Policy, Priority, Rule, Ruleset, Set,
     Table,
@@ -125,12 +126,17 @@ pub fn render(rules: &NodeRules) -> String {
     ruleset(rules).render()
 }
 
-/// Deletes Margay's tables if present (`margay node run --cleanup`, tests).
+/// Deletes every table Margay owns, if present, in one transaction: the agent's `margay`
+/// tables and the policy tables ([`POLICY_TABLE`]), in both families. Nothing else is
+/// touched. The agent never calls it (it keeps its tables across restarts, so a restart
+/// neither drops traffic nor reloads rules); it is for taking a node out of Margay, and
+/// for tests.
 pub fn remove_all<R: NftRunner>(runner: &mut R) -> Result<(), Error> {
-    let ruleset = Ruleset {
-        tables: FAMILIES.map(|f| Table::new(f, TABLE)).to_vec(),
-    };
-    runner.run(&ruleset.render_removal())
+    let tables = [TABLE, POLICY_TABLE]
+        .into_iter()
+        .flat_map(|name| FAMILIES.map(|f| Table::new(f, name)))
+        .collect();
+    runner.run(&Ruleset { tables }.render_removal())
 }
 
 /// Applies [`NodeRules`], running nft only when the rendering changed since the last
@@ -261,7 +267,9 @@ mod tests {
         assert_eq!(
             r.scripts,
             ["table ip margay {}\ndelete table ip margay\n\
-              table ip6 margay {}\ndelete table ip6 margay\n"]
+              table ip6 margay {}\ndelete table ip6 margay\n\
+              table ip margay-policy {}\ndelete table ip margay-policy\n\
+              table ip6 margay-policy {}\ndelete table ip6 margay-policy\n"]
         );
     }
 }

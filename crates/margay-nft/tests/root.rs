@@ -157,9 +157,17 @@ fn apply_replaces_only_margay_tables() {
     let v4 = ns.list("ip", "margay").unwrap();
     assert!(!v4.contains("chain") && !v4.contains("set"), "{v4}");
 
+    // remove_all takes the policy tables too.
+    let program = golden_node1();
+    for family in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
+        ns.nft().run(&policy::render(&program, family)).unwrap();
+    }
+    assert!(ns.list("ip6", POLICY_TABLE).is_some());
     remove_all(&mut ns.nft()).unwrap();
     assert_eq!(ns.list("ip", "margay"), None);
     assert_eq!(ns.list("ip6", "margay"), None);
+    assert_eq!(ns.list("ip", POLICY_TABLE), None);
+    assert_eq!(ns.list("ip6", POLICY_TABLE), None);
     assert_eq!(ns.list("inet", "other").as_ref(), Some(&other));
     // Removing what is not there is fine.
     remove_all(&mut ns.nft()).unwrap();

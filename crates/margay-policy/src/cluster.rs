@@ -187,6 +187,30 @@ impl Cluster {
     pub fn from_resources(
         resources: impl IntoIterator<Item = Resource>,
     ) -> Result<Cluster, PolicyError> {
+        Cluster::build(resources, false).map(|(cluster, _)| cluster)
+    }
+
+    /// Like [`Cluster::from_resources`], except that a policy the engine cannot use (a
+    /// selector that does not parse, a tier that does not exist, a feature not supported
+    /// yet, an invalid port) is left out, as if it were not stored, instead of failing the
+    /// whole cluster; each one left out is returned with its error. This is what a dataplane
+    /// enforces: one bad policy is skipped, not fatal, and the rest stay enforced.
+    ///
+    /// # Errors
+    ///
+    /// Errors that are not about one policy still fail: a resource given twice, and a
+    /// Profile that cannot be compiled (leaving it out would put Calico's default profile,
+    /// which may allow everything, in its place).
+    pub fn from_resources_skipping_bad_policies(
+        resources: impl IntoIterator<Item = Resource>,
+    ) -> Result<(Cluster, Vec<PolicyError>), PolicyError> {
+        Cluster::build(resources, true)
+    }
+
+    fn build(
+        resources: impl IntoIterator<Item = Resource>,
+        skip_bad_policies: bool,
+    ) -> Result<(Cluster, Vec<PolicyError>), PolicyError> {
         let inputs = sort_inputs(resources)?;
         let namespaces = namespace_labels(&inputs.namespaces);
         let explicit_profiles: HashMap<&str, &Profile> = inputs
@@ -198,15 +222,24 @@ impl Cluster {
         let network_sets = build_network_sets(&inputs, &namespaces, &explicit_profiles);
 
         let mut builder = compile::Builder::new(&endpoints, &network_sets);
+        let mut skipped = Vec::new();
+        let mut keep = |compiled: Result<CompiledPolicy, PolicyError>| match compiled {
+            Ok(policy) => Ok(Some(policy)),
+            Err(e) if skip_bad_policies => {
+                skipped.push(e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
         let mut policies = Vec::new();
         for knp in &inputs.kubernetes_policies {
-            policies.push(builder.kubernetes_policy(knp)?);
+            policies.extend(keep(builder.kubernetes_policy(knp))?);
         }
         for np in &inputs.policies {
-            policies.push(builder.network_policy(np)?);
+            policies.extend(keep(builder.network_policy(np))?);
         }
         for gnp in &inputs.global_policies {
-            policies.push(builder.global_network_policy(gnp)?);
+            policies.extend(keep(builder.global_network_policy(gnp))?);
         }
         let referenced: HashSet<&str> = policies.iter().map(|p| p.tier_name.as_str()).collect();
         let tiers = build_tiers(&inputs.tiers, &referenced);
@@ -215,15 +248,26 @@ impl Cluster {
             .enumerate()
             .map(|(i, t)| (t.name.as_str(), i))
             .collect();
-        for p in &mut policies {
-            p.tier =
-                *tier_index
-                    .get(p.tier_name.as_str())
-                    .ok_or_else(|| PolicyError::UnknownTier {
+        let mut placed = Vec::with_capacity(policies.len());
+        for mut p in policies {
+            match tier_index.get(p.tier_name.as_str()) {
+                Some(&tier) => {
+                    p.tier = tier;
+                    placed.push(p);
+                }
+                None => {
+                    let error = PolicyError::UnknownTier {
                         resource: p.resource.clone(),
                         tier: p.tier_name.clone(),
-                    })?;
+                    };
+                    if !skip_bad_policies {
+                        return Err(error);
+                    }
+                    skipped.push(error);
+                }
+            }
         }
+        let mut policies = placed;
         policies.sort_by(|a, b| {
             a.tier.cmp(&b.tier).then_with(|| {
                 let order = |p: &CompiledPolicy| p.order.unwrap_or(f64::INFINITY);
@@ -293,7 +337,7 @@ impl Cluster {
                 by_ip.entry(*ip).or_insert(i);
             }
         }
-        Ok(Cluster {
+        let cluster = Cluster {
             endpoints,
             by_id,
             by_ip,
@@ -303,7 +347,8 @@ impl Cluster {
             sets,
             chains,
             endpoint_profiles,
-        })
+        };
+        Ok((cluster, skipped))
     }
 
     /// Every endpoint, sorted by id (`namespace/name`).

@@ -311,6 +311,62 @@ fn a_selector_that_does_not_parse_is_named_with_its_field() {
     );
 }
 
+#[test]
+fn a_dataplane_skips_the_policies_it_cannot_use_and_enforces_the_rest() {
+    let good = knp(
+        "x",
+        "deny-all",
+        "  podSelector: {}\n  policyTypes: [Ingress]",
+    );
+    let bad = r#"
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: security.allow-all}
+spec: {tier: security, selector: all(), types: [Ingress], ingress: [{action: Allow}]}
+"#;
+    // Decoding refuses a bad selector, so this one is built as if stored by older code.
+    let mut broken: GlobalNetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "broken"}, "spec": {"selector": "app == "}
+    }))
+    .unwrap();
+    broken.spec.types = vec![PolicyType::Ingress];
+    let mut all = resources(BASE);
+    all.extend(resources(&good));
+    all.extend(resources(bad));
+    all.push(Resource::from(broken));
+    // Strictly, the first bad policy fails the whole cluster…
+    assert!(matches!(
+        Cluster::from_resources(all.clone()),
+        Err(PolicyError::Selector { .. })
+    ));
+    // …skipping, each bad one is reported and the others decide exactly as without them.
+    let (lenient, skipped) = Cluster::from_resources_skipping_bad_policies(all).unwrap();
+    let messages: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[0].starts_with("GlobalNetworkPolicy broken: spec.selector"),
+        "{messages:?}"
+    );
+    assert_eq!(
+        messages[1],
+        "GlobalNetworkPolicy security.allow-all: tier \"security\" does not exist (add a Tier \
+         resource for it)"
+    );
+    let strict = cluster(&good);
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        assert_eq!(
+            matrix(&lenient, 80, protocol),
+            matrix(&strict, 80, protocol)
+        );
+    }
+    assert!(!allowed(&lenient, "y/a", "x/a", 80));
+    // Duplicates are not about one policy: still an error.
+    let twice = resources("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n");
+    let mut all = resources(BASE);
+    all.extend(twice);
+    assert!(Cluster::from_resources_skipping_bad_policies(all).is_err());
+}
 // ---------------------------------------------------------------------------------------------
 // Kubernetes NetworkPolicy, converted as Calico does
 // ---------------------------------------------------------------------------------------------

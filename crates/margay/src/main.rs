@@ -231,8 +231,8 @@ impl From<Output> for OutputFormat {
 
 #[derive(Subcommand)]
 enum NodeCommand {
-    /// Run the node agent: register the node, program routes, overlays and NAT; serve health
-    /// and metrics. Runs until stopped.
+    /// Run the node agent: register the node, program routes, overlays, NAT and network
+    /// policy; serve health and metrics. Runs until stopped.
     Run(NodeRunArgs),
     /// This node's view, from the running agent's health endpoint.
     Status {

@@ -220,16 +220,23 @@ impl Cluster {
         }
     }
 
-    /// Wires a pod with the CNI plugin inside node `i`.
-    fn add_pod(&self, i: usize, name: &str) -> (Netns, String) {
-        let pod = Netns::new("p");
+    /// The plugin's config on node `i`; ADD waits up to `policy_timeout` seconds for the
+    /// agent to program the pod's policy (0: not at all).
+    fn cni_conf(&self, i: usize, policy_timeout: u32) -> Value {
         let n = &self.nodes[i];
-        let conf = json!({
+        json!({
             "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "margay",
             "nodename": n.name, "datastore": self.datastore, "state_dir": n.state,
             "ipam": {"type": "margay-ipam"},
-        });
-        let out = self.cni(i, "ADD", &conf, &pod, name);
+            "policy_setup_timeout_seconds": policy_timeout,
+        })
+    }
+
+    /// Wires a pod with the CNI plugin inside node `i`; it returns once the pod's policy is
+    /// programmed, so the pod can send and receive at once.
+    fn add_pod(&self, i: usize, name: &str) -> (Netns, String) {
+        let pod = Netns::new("p");
+        let out = self.cni(i, "ADD", &self.cni_conf(i, 10), &pod, name);
         let result: Value = serde_json::from_slice(&out.stdout).unwrap();
         let ip = result["ips"][0]["address"]
             .as_str()
@@ -240,13 +247,7 @@ impl Cluster {
     }
 
     fn del_pod(&self, i: usize, pod: &Netns, name: &str) {
-        let n = &self.nodes[i];
-        let conf = json!({
-            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "margay",
-            "nodename": n.name, "datastore": self.datastore, "state_dir": n.state,
-            "ipam": {"type": "margay-ipam"},
-        });
-        let out = self.cni(i, "DEL", &conf, pod, name);
+        let out = self.cni(i, "DEL", &self.cni_conf(i, 0), pod, name);
         assert!(
             out.status.success(),
             "DEL: {}",
@@ -520,6 +521,8 @@ fn three_nodes_over_vxlan() {
         "margay_agent_routes_programmed",
         "margay_agent_fdb_entries_programmed",
         "margay_agent_watch_lag_seconds",
+        "margay_agent_policy_programming_seconds",
+        "margay_agent_policy_endpoints_programmed",
     ] {
         assert!(
             metrics.contains(name),
@@ -540,9 +543,37 @@ fn three_nodes_over_vxlan() {
         "{nft}"
     );
 
-    // A restart changes no route: count route events in the node while the agent restarts.
+    // Policy is programmed for the node's one pod (no policy: its profiles allow all).
+    let status = c.status(0).unwrap();
+    assert_eq!(status["policy"]["endpoints"], 1, "{status}");
+    assert_eq!(status["policyErrors"], json!([]), "{status}");
+    let node0 = c.nodes[0].ns.name.clone();
+    let policy_table = || {
+        host::ok(Command::new("ip").args([
+            "netns",
+            "exec",
+            &node0,
+            "nft",
+            "-s",
+            "list",
+            "table",
+            "ip",
+            "margay-policy",
+        ]))
+    };
+    let policy_before = policy_table();
+    assert!(policy_before.contains(&veth), "{policy_before}");
+
+    // A restart changes no route (count route events in the node while the agent restarts),
+    // reloads the same policy tables, and drops no packet between pods meanwhile.
     let mut monitor = Command::new("ip")
         .args(["-n", &c.nodes[0].ns.name, "monitor", "route"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pinger = Command::new("ip")
+        .args(["netns", "exec", &pods[0].0.name])
+        .args(["ping", "-c", "40", "-i", "0.1", "-W", "1", &pods[1].1])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -561,6 +592,13 @@ fn three_nodes_over_vxlan() {
         "route events during an agent restart"
     );
     assert_eq!(c.routes(0), expected);
+    let pinged = pinger.wait_with_output().unwrap();
+    let pinged = String::from_utf8_lossy(&pinged.stdout);
+    assert!(
+        pinged.contains(" 0% packet loss"),
+        "pod traffic during the restart: {pinged}"
+    );
+    assert_eq!(policy_table(), policy_before);
 
     // Deleting a pod removes its route; deleting a node removes everything that was its.
     let (pod0, _) = &pods[0];
@@ -587,6 +625,147 @@ fn three_nodes_over_vxlan() {
     assert!(
         ping(&c.nodes[0].ns, &pods[1].1),
         "node0 cannot reach pod1 any more"
+    );
+}
+
+/// Pods `web` (app=web), `client` (role=client) and `other` in namespace default, and a
+/// Kubernetes policy letting only clients into web.
+const WEB_POLICY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec: {nodeName: node1, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default, labels: {role: client}}
+spec: {nodeName: node0, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: default}
+spec: {nodeName: node0, containers: [{name: c}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: clients-only, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}]}]
+"#;
+
+#[test]
+fn policy_is_enforced_from_a_pods_first_packet_and_errors_keep_it() {
+    if !is_root() {
+        eprintln!("skipped: this test needs root (network namespaces)");
+        return;
+    }
+    let mut c = Cluster::new(2, VXLAN_POOL, Backend::Sqlite, "30s");
+    c.wait_until("both agents ready with one VXLAN peer", || {
+        (0..2).all(|i| {
+            c.status(i)
+                .is_some_and(|s| s["ready"] == true && s["vxlanPeers"] == 1)
+        })
+    });
+    c.ctl_apply(WEB_POLICY);
+    let (client, _) = c.add_pod(0, "client");
+    let (other, _) = c.add_pod(0, "other");
+    // A first pod on node1 gives it its block; once node0 routes to it, routing is settled.
+    let (_early, early_ip) = c.add_pod(1, "early");
+    c.wait_until("node0's pods reach node1's block", || {
+        ping(&other, &early_ip)
+    });
+
+    // ADD with policy_setup_timeout_seconds returns once the agent has programmed the pod:
+    // its policy holds from the first packet.
+    let (_web, web_ip) = c.add_pod(1, "web");
+    assert!(ping(&client, &web_ip), "the client cannot reach web");
+    assert!(
+        !ping(&other, &web_ip),
+        "other reaches web despite the policy"
+    );
+    let status = c.status(1).unwrap();
+    assert_eq!(status["policy"]["endpoints"], 2, "{status}");
+    assert_eq!(status["policy"]["policies"], 1, "{status}");
+    let text = c.nodes[1].ns.exec(&[BIN, "node", "status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Policy            1 policies, 2 profiles, 2 endpoints, 1 sets, 3 rules\n"),
+        "{text}"
+    );
+
+    // A policy in a tier that does not exist is reported and left out; the rest stays
+    // enforced, and the agent stays ready.
+    c.ctl_apply(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
+         metadata: {name: missing.allow-all}\n\
+         spec: {tier: missing, selector: all(), types: [Ingress], ingress: [{action: Allow}]}\n",
+    );
+    c.wait_until("node1 reporting the policy error", || {
+        c.status(1).is_some_and(|s| {
+            s["policyErrors"].as_array().is_some_and(|errors| {
+                errors.iter().any(|e| {
+                    e.as_str().is_some_and(|e| {
+                        e.starts_with("GlobalNetworkPolicy missing.allow-all: tier \"missing\"")
+                    })
+                })
+            })
+        })
+    });
+    let status = c.status(1).unwrap();
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["policy"]["policies"], 1, "{status}");
+    assert!(!ping(&other, &web_ip), "the bad policy let other in");
+    assert!(ping(&client, &web_ip), "the bad policy cut the client off");
+    let metrics = c.http_get(1, "http://127.0.0.1:9091/metrics").unwrap();
+    assert!(
+        metrics.contains("margay_agent_policy_errors 1\n"),
+        "{metrics}"
+    );
+
+    // Without an agent, nothing programs the new pod: ADD fails after the timeout and
+    // leaves nothing behind.
+    c.stop_agent(1);
+    let late = Netns::new("p");
+    let started = Instant::now();
+    let out = c.cni(1, "ADD", &c.cni_conf(1, 2), &late, "late");
+    let took = started.elapsed();
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !out.status.success(),
+        "ADD succeeded without an agent: {reply}"
+    );
+    assert_eq!(reply["code"], 11, "{reply}");
+    assert!(
+        reply["msg"]
+            .as_str()
+            .unwrap()
+            .contains("was not programmed within 2s (policy_setup_timeout_seconds): is the agent running on node node1?"),
+        "{reply}"
+    );
+    assert!(took >= Duration::from_secs(2), "gave up after {took:?}");
+    let weps = c.ctl(&["get", "wep", "-A", "-o", "json"]);
+    let weps = String::from_utf8_lossy(&weps.stdout);
+    assert!(!weps.contains("\"late\""), "{weps}");
+    let handles = c.ctl(&["get", "ipamhandles", "-o", "name"]);
+    let handles = String::from_utf8_lossy(&handles.stdout);
+    let cid = format!("c{}", late.name.replace('x', ""));
+    assert!(!handles.contains(&cid), "{handles}");
+    let links = c.nodes[1].ns.json("ip", &["link", "show"]);
+    let veths = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["ifname"].as_str().unwrap().starts_with("mgy"))
+        .count();
+    assert_eq!(veths, 2, "{links}");
+    assert!(
+        late.json("ip", &["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["ifname"] != "eth0"),
+        "eth0 left in the pod"
     );
 }
 

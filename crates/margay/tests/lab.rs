@@ -1,10 +1,11 @@
 //! `margay lab` end to end, as a user runs it: up → probe → down on both modes and both
-//! datastores, the Kubernetes-suite x/y/z spec, `status`/`exec`/`apply`, clean-up after
-//! `kill -9` and after a crashed `up`, and bad specs that must create nothing.
+//! datastores, the Kubernetes-suite x/y/z spec, `status`/`exec`/`apply`, policies applied one
+//! after another and enforced as `lab verify` predicts, clean-up after `kill -9` and after a
+//! crashed `up`, and bad specs that must create nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -297,6 +298,213 @@ fn exec_apply_status_and_probe_filters() {
     // A second lab beside it, and a refusal to start the first twice.
     let again = lab.run("up", &[]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("is already up"));
+    lab.ok("down", &[]);
+    lab.assert_gone();
+}
+
+/// Upstream-style policies, applied one after another to the x/y/z cluster.
+const DENY_INGRESS_IN_X: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny-ingress, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+"#;
+
+/// From namespace y into x, on port 80 named as the pods name it.
+const ALLOW_Y_TO_X_BY_NAMED_PORT: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-y-http, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {ns: y}}}]
+      ports: [{port: serve-80-tcp, protocol: TCP}]
+"#;
+
+/// A tier ahead of the default one: y passes on to the Kubernetes policies, TCP 80 from z
+/// is denied everywhere, the rest passes.
+const SECURITY_TIER: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: security}
+spec: {order: 100}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: security.guard}
+spec:
+  tier: security
+  order: 10
+  selector: all()
+  types: [Ingress]
+  ingress:
+    - action: Pass
+      source: {namespaceSelector: ns == 'y'}
+    - action: Deny
+      protocol: TCP
+      source: {namespaceSelector: ns == 'z'}
+      destination: {ports: [80]}
+    - action: Pass
+"#;
+
+/// Names a tier nobody made: the agents must report it and keep enforcing the rest.
+const MISSING_TIER: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: missing.allow-all}
+spec: {tier: missing, selector: all(), types: [Ingress], ingress: [{action: Allow}]}
+"#;
+
+impl Lab {
+    fn apply(&self, yaml: &str) {
+        let path = self.root.path().join(format!("{}.yaml", unique("policy")));
+        std::fs::write(&path, yaml).unwrap();
+        self.ok("apply", &["-f", path.to_str().unwrap()]);
+    }
+
+    /// Until `lab verify` finds the packets doing what the policy engine predicts.
+    fn wait_verified(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.run("verify", &[]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after {what}, probe and policy matrix still differ:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Whether `from` reaches `to` on `port`/`protocol`, probed.
+    fn reaches(&self, from: &str, to: &str, port: u16, protocol: &str) -> bool {
+        let probe = self.json(
+            "probe",
+            &[
+                "--port",
+                &port.to_string(),
+                "--protocol",
+                protocol,
+                "-o",
+                "json",
+            ],
+        );
+        let pair = serde_json::json!([from, to]);
+        probe["probes"][0]["allowed"]
+            .as_array()
+            .unwrap()
+            .contains(&pair)
+    }
+
+    /// `margay node status -o json` of every node, from inside its namespace.
+    fn agent_statuses(&self) -> Vec<Value> {
+        let status = self.json("status", &["-o", "json"]);
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let netns = n["netns"].as_str().unwrap();
+                let out = host::ok(
+                    Command::new("ip")
+                        .args(["netns", "exec", netns, BIN, "node", "status", "-o", "json"])
+                        .env_remove("CNI_COMMAND"),
+                );
+                serde_json::from_str(&out).unwrap()
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn policies_are_enforced_as_the_engine_predicts() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = Lab::new();
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/lab/xyz.yaml");
+    lab.ok("up", &["--spec", spec]);
+    // No policy: everything reaches everything.
+    assert!(lab.reaches("z/a", "x/a", 81, "tcp"));
+
+    lab.apply(DENY_INGRESS_IN_X);
+    lab.wait_verified("default-deny ingress in x");
+    assert!(!lab.reaches("y/a", "x/a", 80, "tcp"));
+    assert!(
+        lab.reaches("x/a", "y/a", 80, "tcp"),
+        "egress is not isolated"
+    );
+
+    lab.apply(ALLOW_Y_TO_X_BY_NAMED_PORT);
+    lab.wait_verified("allowing y into x by named port");
+    assert!(lab.reaches("y/a", "x/a", 80, "tcp"));
+    assert!(!lab.reaches("y/a", "x/a", 81, "tcp"));
+    assert!(
+        !lab.reaches("y/a", "x/b", 80, "udp"),
+        "the named port is TCP"
+    );
+    assert!(!lab.reaches("z/a", "x/a", 80, "tcp"));
+
+    lab.apply(SECURITY_TIER);
+    lab.wait_verified("a tier with Pass and Deny");
+    assert!(
+        lab.reaches("y/a", "x/a", 80, "tcp"),
+        "y passes on to the default tier"
+    );
+    assert!(
+        !lab.reaches("z/a", "y/a", 80, "tcp"),
+        "the tier denies TCP 80 from z"
+    );
+    assert!(lab.reaches("z/a", "y/a", 81, "tcp"), "the rest passes");
+    let statuses = lab.agent_statuses();
+    for s in &statuses {
+        assert_eq!(s["policy"]["endpoints"], 3, "{s}");
+        assert_eq!(s["policyErrors"], serde_json::json!([]), "{s}");
+    }
+
+    // A policy naming a missing tier: every agent reports it, stays ready, and keeps
+    // enforcing what it had.
+    lab.apply(MISSING_TIER);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let statuses = lab.agent_statuses();
+        let reported = statuses.iter().all(|s| {
+            s["policyErrors"]
+                == serde_json::json!([
+                    "GlobalNetworkPolicy missing.allow-all: tier \"missing\" does not exist \
+                     (add a Tier resource for it)"
+                ])
+        });
+        if reported {
+            for s in &statuses {
+                assert_eq!(s["ready"], true, "{s}");
+                assert_eq!(s["policy"]["policies"], 3, "{s}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "policy error not reported: {statuses:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!lab.reaches("z/a", "y/a", 80, "tcp"));
+    assert!(!lab.reaches("y/a", "x/a", 81, "tcp"));
+    assert!(lab.reaches("y/a", "x/a", 80, "tcp"));
+    // The model refuses the policy too, and says so.
+    let verify = lab.run("verify", &[]);
+    assert!(!verify.status.success());
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).contains("tier \"missing\" does not exist"),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     lab.ok("down", &[]);
     lab.assert_gone();
 }

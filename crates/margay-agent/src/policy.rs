@@ -1,0 +1,491 @@
+//! Network policy on this node: the policy engine's program for the node, applied to
+//! Margay's policy tables (`table ip margay-policy`, `table ip6 margay-policy`), and the
+//! record of which workload interfaces have their rules programmed.
+//!
+//! - [`compute`] builds the engine's cluster from the datastore's resources and the node's
+//!   [`Program`]. A policy the engine cannot use is left out and reported; the rest is
+//!   enforced, as Calico does. Only an error about the whole model (a Profile that cannot be
+//!   compiled) gives no program, and then what is programmed stays as it is.
+//! - [`PolicyTables`] applies programs: the first one, and any whose rules differ from the
+//!   last applied, replace both tables in one `nft -f` transaction; one that only changes set
+//!   members is applied as element updates, which keep rules and counters.
+//! - [`record_programmed`] writes one file per programmed interface under
+//!   `<state-dir>/policy/`, which the CNI plugin waits for (`policy_setup_timeout_seconds`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::Path;
+
+use margay_api::{Resource, WorkloadEndpoint};
+use margay_nft::policy::{self as nft_policy, AddressFamily, POLICY_TABLE};
+use margay_nft::NftRunner;
+use margay_policy::program::{program, Program};
+use margay_policy::Cluster;
+use serde::Serialize;
+
+/// Both policy tables, in the order they are written.
+const FAMILIES: [AddressFamily; 2] = [AddressFamily::Ipv4, AddressFamily::Ipv6];
+
+/// The directory under the state directory that holds one file per programmed interface.
+pub const PROGRAMMED_DIR: &str = "policy";
+
+/// This node's program, from one snapshot of the datastore.
+#[derive(Debug, Clone, Default)]
+pub struct Computed {
+    /// `None` when the model as a whole could not be built; nothing is changed then.
+    pub program: Option<Program>,
+    /// One line per resource left out (or, without a program, the one error).
+    pub errors: Vec<String>,
+    /// This node's workload interfaces → the container ID of the endpoint on each (empty for
+    /// an endpoint without one).
+    pub owners: BTreeMap<String, String>,
+}
+
+/// Builds the cluster from `inputs` (the policy kinds and every WorkloadEndpoint) and the
+/// program of `node`.
+pub fn compute(inputs: Vec<Resource>, node: &str) -> Computed {
+    let owners = inputs
+        .iter()
+        .filter_map(|r| match r {
+            Resource::WorkloadEndpoint(wep) => local_interface(wep, node),
+            _ => None,
+        })
+        .collect();
+    match Cluster::from_resources_skipping_bad_policies(inputs) {
+        Ok((cluster, skipped)) => Computed {
+            program: Some(program(&cluster, node)),
+            errors: skipped.iter().map(ToString::to_string).collect(),
+            owners,
+        },
+        Err(e) => Computed {
+            program: None,
+            errors: vec![e.to_string()],
+            owners,
+        },
+    }
+}
+
+fn local_interface(wep: &WorkloadEndpoint, node: &str) -> Option<(String, String)> {
+    let s = &wep.spec;
+    (s.node == node && !s.interface_name.is_empty()).then(|| {
+        (
+            s.interface_name.clone(),
+            s.container_id.clone().unwrap_or_default(),
+        )
+    })
+}
+
+/// What one [`PolicyTables::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Change {
+    /// Both tables replaced in one transaction (first program, or rules changed).
+    Replaced,
+    /// Only set members changed, in place.
+    Sets,
+    /// Nothing to do.
+    Unchanged,
+}
+
+/// The policy tables, and the program they hold.
+#[derive(Debug)]
+pub struct PolicyTables<R: NftRunner> {
+    runner: R,
+    /// The program the kernel holds, as far as the agent knows; `None` before the first
+    /// apply (the tables are then replaced whatever they hold) and after a failure that
+    /// leaves their state unknown.
+    applied: Option<Program>,
+}
+
+impl<R: NftRunner> PolicyTables<R> {
+    pub fn new(runner: R) -> PolicyTables<R> {
+        PolicyTables {
+            runner,
+            applied: None,
+        }
+    }
+
+    /// The program last applied.
+    pub fn applied(&self) -> Option<&Program> {
+        self.applied.as_ref()
+    }
+
+    /// Checks that both tables still exist (someone may have flushed the ruleset); when one
+    /// is missing, the next [`apply`](Self::apply) replaces both whatever the program.
+    /// Returns whether one was missing. The agent calls it on its periodic resync.
+    pub fn forget_if_missing(&mut self) -> Result<bool, margay_nft::Error> {
+        if self.applied.is_none() {
+            return Ok(false);
+        }
+        for family in ["ip", "ip6"] {
+            if self.runner.list_table(family, POLICY_TABLE)?.is_none() {
+                self.applied = None;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Brings the tables to `program`. On failure the tables are as they were (every script
+    /// is one transaction) and the next apply retries.
+    pub fn apply(&mut self, program: Program) -> Result<Change, margay_nft::Error> {
+        let old = self.applied.take();
+        let change = match &old {
+            Some(old) if *old == program => Change::Unchanged,
+            Some(old)
+                if FAMILIES
+                    .iter()
+                    .all(|&f| nft_policy::same_rules(old, &program, f)) =>
+            {
+                let script: String = FAMILIES
+                    .iter()
+                    .map(|&f| nft_policy::set_updates(old, &program, f))
+                    .collect();
+                if script.is_empty() {
+                    Change::Unchanged
+                } else if let Err(e) = self.runner.run(&script) {
+                    // nft refuses to delete an element that is not there: someone changed
+                    // the tables. Replacing them restores the program whatever they hold;
+                    // if that fails too, their state is unknown (`applied` stays `None`).
+                    tracing::warn!(error = %e, "updating policy sets in place failed; replacing the tables");
+                    replace(&mut self.runner, &program)?;
+                    Change::Replaced
+                } else {
+                    Change::Sets
+                }
+            }
+            _ => {
+                if let Err(e) = replace(&mut self.runner, &program) {
+                    self.applied = old;
+                    return Err(e);
+                }
+                Change::Replaced
+            }
+        };
+        self.applied = Some(program);
+        Ok(change)
+    }
+}
+
+fn replace<R: NftRunner>(runner: &mut R, program: &Program) -> Result<(), margay_nft::Error> {
+    let script: String = FAMILIES
+        .iter()
+        .map(|&f| nft_policy::render(program, f))
+        .collect();
+    runner.run(&script)
+}
+
+/// What a program holds, as `/status` and the metrics count it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    /// Policies with a chain for at least one local endpoint.
+    pub policies: usize,
+    pub profiles: usize,
+    pub endpoints: usize,
+    /// Address sets and named-port sets.
+    pub sets: usize,
+    /// Rules of the policy and profile chains.
+    pub rules: usize,
+}
+
+impl Counts {
+    pub fn of(program: &Program) -> Counts {
+        let policies: HashSet<_> = program.policies.values().map(|c| &c.policy).collect();
+        let profiles: HashSet<_> = program.profiles.values().map(|c| &c.profile).collect();
+        let rules = program
+            .policies
+            .values()
+            .map(|c| c.rules.len())
+            .sum::<usize>()
+            + program
+                .profiles
+                .values()
+                .map(|c| c.rules.len())
+                .sum::<usize>();
+        Counts {
+            policies: policies.len(),
+            profiles: profiles.len(),
+            endpoints: program.endpoints.len(),
+            sets: program.ip_sets.len() + program.port_sets.len(),
+            rules,
+        }
+    }
+}
+
+/// The programmed interfaces of `program`, each with the container ID from `owners`.
+pub fn programmed(
+    program: &Program,
+    owners: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    program
+        .endpoints
+        .keys()
+        .map(|iface| {
+            (
+                iface.clone(),
+                owners.get(iface).cloned().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Makes `dir` hold exactly one file per interface of `programmed`, named after it and
+/// holding the container ID of its endpoint (so that a file left from an earlier sandbox of
+/// the same pod, whose interface has the same name, does not count for the new one). Each
+/// file is written to a temporary name and renamed into place, so a reader sees it whole or
+/// not at all; files of interfaces no longer programmed are removed. Unchanged files are
+/// left alone.
+pub fn record_programmed(dir: &Path, programmed: &BTreeMap<String, String>) -> io::Result<()> {
+    let context = |what: &str, path: &Path, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| context("creating", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| context("reading", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| context("reading", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Temporary files of an interrupted write start with a dot; they go too.
+        if !programmed.contains_key(&name) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| context("removing", &path, e))?;
+        }
+    }
+    for (iface, container) in programmed {
+        let path = dir.join(iface);
+        let content = format!("{container}\n");
+        if std::fs::read_to_string(&path).is_ok_and(|c| c == content) {
+            continue;
+        }
+        let tmp = dir.join(format!(".{iface}.tmp"));
+        std::fs::write(&tmp, &content).map_err(|e| context("writing", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| context("renaming", &path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records scripts; fails the runs it is told to; lists a table unless it is `gone`.
+    #[derive(Default)]
+    struct Recorder {
+        scripts: Vec<String>,
+        fail: usize,
+        gone: Option<&'static str>,
+    }
+
+    impl NftRunner for Recorder {
+        fn run(&mut self, script: &str) -> Result<(), margay_nft::Error> {
+            if self.fail > 0 {
+                self.fail -= 1;
+                return Err(margay_nft::Error::Failed {
+                    command: "nft -f -".into(),
+                    stderr: "refused".into(),
+                });
+            }
+            self.scripts.push(script.to_owned());
+            Ok(())
+        }
+
+        fn list_table(
+            &mut self,
+            family: &str,
+            table: &str,
+        ) -> Result<Option<String>, margay_nft::Error> {
+            assert_eq!(table, POLICY_TABLE);
+            Ok((self.gone != Some(family)).then(|| format!("table {family} {table} {{}}")))
+        }
+    }
+
+    fn inputs(yaml: &str) -> Vec<Resource> {
+        margay_api::parse_documents(yaml)
+            .unwrap()
+            .into_iter()
+            .map(|doc| margay_api::decode(doc).unwrap().resource)
+            .collect()
+    }
+
+    /// Pods x/a (on n1, interface mgya) and x/b (on n2), plus `more`.
+    fn cluster(b_ip: &str, more: &str) -> Vec<Resource> {
+        let mut yaml = format!(
+            r#"
+apiVersion: margay.dev/v1
+kind: WorkloadEndpoint
+metadata: {{name: n1-k8s-a-eth0, namespace: x, labels: {{app: a}}}}
+spec: {{node: n1, orchestrator: k8s, pod: a, endpoint: eth0, containerID: cid-a,
+        interfaceName: mgya, ipNetworks: [10.0.0.1/32], profiles: [kns.x]}}
+---
+apiVersion: margay.dev/v1
+kind: WorkloadEndpoint
+metadata: {{name: n2-k8s-b-eth0, namespace: x, labels: {{app: b}}}}
+spec: {{node: n2, orchestrator: k8s, pod: b, endpoint: eth0, containerID: cid-b,
+        interfaceName: mgyb, ipNetworks: [{b_ip}], profiles: [kns.x]}}
+"#
+        );
+        yaml.push_str(more);
+        inputs(&yaml)
+    }
+
+    const FROM_B: &str = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: b}}}]}]
+"#;
+
+    #[test]
+    fn the_program_owners_and_errors_of_a_node() {
+        let bad_tier = r#"
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: missing.p}
+spec: {tier: missing, selector: all(), types: [Ingress]}
+"#;
+        let computed = compute(cluster("10.0.0.2/32", &format!("{FROM_B}{bad_tier}")), "n1");
+        let program = computed.program.unwrap();
+        assert_eq!(program.endpoints.keys().collect::<Vec<_>>(), ["mgya"]);
+        assert_eq!(
+            computed.errors,
+            [
+                "GlobalNetworkPolicy missing.p: tier \"missing\" does not exist (add a Tier \
+              resource for it)"
+            ]
+        );
+        assert_eq!(
+            computed.owners,
+            BTreeMap::from([("mgya".to_owned(), "cid-a".to_owned())])
+        );
+        assert_eq!(
+            Counts::of(&program),
+            Counts {
+                policies: 1,
+                profiles: 1,
+                endpoints: 1,
+                sets: 1,
+                rules: 3,
+            }
+        );
+    }
+
+    #[test]
+    fn rules_changes_replace_the_tables_and_member_changes_update_sets() {
+        let mut tables = PolicyTables::new(Recorder::default());
+        let first = compute(cluster("10.0.0.2/32", FROM_B), "n1")
+            .program
+            .unwrap();
+        assert_eq!(tables.apply(first.clone()).unwrap(), Change::Replaced);
+        let script = &tables.runner.scripts[0];
+        assert!(script.contains("delete table ip margay-policy"), "{script}");
+        assert!(
+            script.contains("delete table ip6 margay-policy"),
+            "{script}"
+        );
+        assert!(script.contains("10.0.0.2"), "{script}");
+        assert_eq!(tables.apply(first).unwrap(), Change::Unchanged);
+        assert_eq!(tables.runner.scripts.len(), 1);
+
+        // Pod b moves to another address: only the set changes, in place.
+        let moved = compute(cluster("10.0.0.3/32", FROM_B), "n1")
+            .program
+            .unwrap();
+        assert_eq!(tables.apply(moved.clone()).unwrap(), Change::Sets);
+        let update = tables.runner.scripts.last().unwrap();
+        assert!(
+            update.starts_with("delete element ip margay-policy"),
+            "{update}"
+        );
+        assert!(update.contains("add element ip margay-policy"), "{update}");
+        assert!(!update.contains("table ip"), "{update}");
+
+        // No policy any more: the rules change, so the tables are replaced.
+        let open = compute(cluster("10.0.0.3/32", ""), "n1").program.unwrap();
+        assert_eq!(tables.apply(open).unwrap(), Change::Replaced);
+        assert_eq!(tables.applied().unwrap().policies.len(), 0);
+    }
+
+    #[test]
+    fn a_failed_apply_keeps_the_last_program_and_is_retried() {
+        let mut tables = PolicyTables::new(Recorder::default());
+        let first = compute(cluster("10.0.0.2/32", FROM_B), "n1")
+            .program
+            .unwrap();
+        tables.apply(first.clone()).unwrap();
+        let open = compute(cluster("10.0.0.2/32", ""), "n1").program.unwrap();
+        tables.runner.fail = 1;
+        assert_eq!(
+            tables.apply(open.clone()).unwrap_err().to_string(),
+            "nft -f -: refused"
+        );
+        assert_eq!(tables.applied(), Some(&first));
+        assert_eq!(tables.apply(open).unwrap(), Change::Replaced);
+
+        // Set updates refused (the tables were changed behind the agent's back): replaced.
+        let back = compute(cluster("10.0.0.2/32", FROM_B), "n1")
+            .program
+            .unwrap();
+        let moved = compute(cluster("10.0.0.3/32", FROM_B), "n1")
+            .program
+            .unwrap();
+        tables.apply(back).unwrap();
+        tables.runner.fail = 1;
+        let before = tables.runner.scripts.len();
+        assert_eq!(tables.apply(moved).unwrap(), Change::Replaced);
+        assert_eq!(tables.runner.scripts.len(), before + 1);
+        assert!(tables
+            .runner
+            .scripts
+            .last()
+            .unwrap()
+            .contains("delete table"));
+    }
+
+    #[test]
+    fn a_table_that_vanished_is_replaced_on_the_next_apply() {
+        let mut tables = PolicyTables::new(Recorder::default());
+        let program = compute(cluster("10.0.0.2/32", FROM_B), "n1")
+            .program
+            .unwrap();
+        assert!(!tables.forget_if_missing().unwrap(), "nothing applied yet");
+        tables.apply(program.clone()).unwrap();
+        assert!(!tables.forget_if_missing().unwrap());
+        assert_eq!(tables.apply(program.clone()).unwrap(), Change::Unchanged);
+        tables.runner.gone = Some("ip6");
+        assert!(tables.forget_if_missing().unwrap());
+        assert_eq!(tables.apply(program).unwrap(), Change::Replaced);
+    }
+
+    #[test]
+    fn programmed_interfaces_are_recorded_one_file_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join(PROGRAMMED_DIR);
+        let first = BTreeMap::from([
+            ("mgya".to_owned(), "cid-a".to_owned()),
+            ("mgyb".to_owned(), String::new()),
+        ]);
+        record_programmed(&policy, &first).unwrap();
+        std::fs::write(policy.join(".mgyz.tmp"), "debris").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(policy.join("mgya")).unwrap(),
+            "cid-a\n"
+        );
+        assert_eq!(std::fs::read_to_string(policy.join("mgyb")).unwrap(), "\n");
+        let second = BTreeMap::from([("mgya".to_owned(), "cid-a2".to_owned())]);
+        record_programmed(&policy, &second).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&policy)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["mgya"]);
+        assert_eq!(
+            std::fs::read_to_string(policy.join("mgya")).unwrap(),
+            "cid-a2\n"
+        );
+    }
+}
