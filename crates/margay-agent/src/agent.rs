@@ -22,7 +22,7 @@ use crate::config::{AgentOptions, IpChoice};
 use crate::http::{self, Health};
 use crate::kernel::{Kernel, LinuxKernel};
 use crate::metrics::{Metrics, PolicyGauges};
-use crate::model::{Model, POLICY_KINDS};
+use crate::model::Model;
 use crate::plan::{self, Host, Plan, RouteTarget};
 use crate::policy::{self, Change, Counts, PolicyTables, PROGRAMMED_DIR};
 use crate::reconcile::{self, Grace};
@@ -34,11 +34,10 @@ fn watched() -> impl Iterator<Item = Kind> {
         Kind::IPPool,
         Kind::Node,
         Kind::IPAMBlock,
-        Kind::WorkloadEndpoint,
         Kind::AgentConfiguration,
     ]
     .into_iter()
-    .chain(POLICY_KINDS)
+    .chain(margay_policy::INPUT_KINDS)
 }
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A datastore that does not answer within this is treated as down (a hung connection

@@ -61,20 +61,6 @@ async fn load_blocks(client: &Client) -> Result<(Vec<BlockSummary>, i64), margay
     Ok((blocks, listed.revision))
 }
 
-/// The kinds the policy engine reads besides WorkloadEndpoints (which the plan reads too,
-/// and which are listed once for both).
-pub const POLICY_KINDS: [Kind; 9] = [
-    Kind::Namespace,
-    Kind::Pod,
-    Kind::KubernetesNetworkPolicy,
-    Kind::NetworkPolicy,
-    Kind::GlobalNetworkPolicy,
-    Kind::Tier,
-    Kind::Profile,
-    Kind::NetworkSet,
-    Kind::GlobalNetworkSet,
-];
-
 /// One consistent-enough view of the cluster (each kind read once, in one pass).
 #[derive(Debug, Clone, Default)]
 pub struct Model {
@@ -84,7 +70,7 @@ pub struct Model {
     pub endpoints: Vec<WorkloadEndpoint>,
     /// This node's effective AgentConfiguration (`node.<name>` over `default` over defaults).
     pub config: AgentConfigurationSpec,
-    /// What the policy engine reads: the [`POLICY_KINDS`] and every WorkloadEndpoint.
+    /// What the policy engine reads ([`margay_policy::INPUT_KINDS`]).
     pub policy_inputs: Vec<Resource>,
     /// The datastore revision the snapshot was read at (the newest of the lists).
     pub revision: i64,
@@ -98,8 +84,11 @@ impl Model {
         let (endpoints, r4) = client.list::<WorkloadEndpoint>(None).await?;
         let (configs, r5) = client.list::<AgentConfiguration>(None).await?;
         let mut policy_inputs = Vec::new();
-        for kind in POLICY_KINDS {
-            policy_inputs.extend(client.list_resources(kind, None).await?);
+        // WorkloadEndpoints are listed once above, for the plan and the engine both.
+        for kind in margay_policy::INPUT_KINDS {
+            if kind != Kind::WorkloadEndpoint {
+                policy_inputs.extend(client.list_resources(kind, None).await?);
+            }
         }
         policy_inputs.extend(endpoints.iter().cloned().map(Resource::from));
         let global = configs.iter().find(|c| c.metadata.name == "default");

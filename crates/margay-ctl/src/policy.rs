@@ -1,25 +1,10 @@
 //! `margay policy matrix`: the reachability the policy engine computes, from the datastore or
 //! from files, without touching any dataplane.
 
-use margay_api::Kind;
 use margay_client::Client;
 use margay_policy::{Cluster, Protocol, Report};
 
 use crate::{decode_all, read_sources, CtlError, Result};
-
-/// The kinds the policy engine reads.
-const POLICY_INPUTS: [Kind; 10] = [
-    Kind::Namespace,
-    Kind::Pod,
-    Kind::WorkloadEndpoint,
-    Kind::KubernetesNetworkPolicy,
-    Kind::NetworkPolicy,
-    Kind::GlobalNetworkPolicy,
-    Kind::Tier,
-    Kind::Profile,
-    Kind::NetworkSet,
-    Kind::GlobalNetworkSet,
-];
 
 fn model_error(origin: &str, e: margay_policy::PolicyError) -> CtlError {
     CtlError::Input {
@@ -31,7 +16,7 @@ fn model_error(origin: &str, e: margay_policy::PolicyError) -> CtlError {
 /// Everything the engine reads, as stored.
 pub async fn cluster_from_datastore(client: &Client) -> Result<Cluster> {
     let mut resources = Vec::new();
-    for kind in POLICY_INPUTS {
+    for kind in margay_policy::INPUT_KINDS {
         resources.extend(client.list_resources(kind, None).await?);
     }
     Cluster::from_resources(resources).map_err(|e| model_error(&client.datastore().describe(), e))

@@ -44,6 +44,21 @@ pub use eval::{
 };
 pub use matrix::{render_table, Matrix, Protocol, Report, UnknownProtocol};
 
+/// Every kind [`Cluster::from_resources`] reads; a change to any of them can change a matrix
+/// or a node's program.
+pub const INPUT_KINDS: [margay_api::Kind; 10] = [
+    margay_api::Kind::Namespace,
+    margay_api::Kind::Pod,
+    margay_api::Kind::WorkloadEndpoint,
+    margay_api::Kind::KubernetesNetworkPolicy,
+    margay_api::Kind::NetworkPolicy,
+    margay_api::Kind::GlobalNetworkPolicy,
+    margay_api::Kind::Tier,
+    margay_api::Kind::Profile,
+    margay_api::Kind::NetworkSet,
+    margay_api::Kind::GlobalNetworkSet,
+];
+
 /// Why resources could not be turned into a [`Cluster`]. Every variant names the resource
 /// (`GlobalNetworkPolicy default.deny-all`, `Pod shop/web-0`), and `Display` is one complete
 /// line including the cause.
