@@ -1,8 +1,7 @@
 //! Running iptables and ipset: the [`Iptables`] seam, and [`IptablesCommand`], which runs the
 //! binaries.
 
-use std::io::{self, Write};
-use std::process::{Command, Stdio};
+use margay_sys::command::{self, CommandError};
 
 use crate::{Error, Family};
 
@@ -74,84 +73,40 @@ impl IptablesCommand {
         self
     }
 
-    /// Runs `args` with `stdin`; returns stdout, or stderr as one line.
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
-        let mut argv: Vec<&str> = Vec::new();
-        if let Some(ns) = &self.netns {
-            argv.extend(["ip", "netns", "exec", ns]);
-        }
-        argv.extend(args);
-        let command = argv.join(" ");
-        let spawn_error = |error: io::Error| Error::Spawn {
-            command: command.clone(),
-            error,
-        };
-        let mut child = Command::new(argv[0])
-            .args(&argv[1..])
-            .env("LC_ALL", "C")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_error)?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // ipset applies its input line by line, so a truncated input must not reach its
-            // end: on a write error other than an early exit (a broken pipe, which its
-            // stderr explains), the child is killed while the pipe is still open.
-            if let Err(e) = pipe.write_all(text.as_bytes()) {
-                if e.kind() != io::ErrorKind::BrokenPipe {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(spawn_error(e));
-                }
-            }
-        }
-        let out = child.wait_with_output().map_err(spawn_error)?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        let mut stderr = one_line(&String::from_utf8_lossy(&out.stderr));
-        if stderr.is_empty() {
-            stderr = out.status.to_string();
-        }
-        Err(Error::Failed { command, stderr })
+    /// Runs `program` with `args` and `stdin`; returns stdout, or stderr as one line.
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
+        // iptables and ipset: every non-blank line of stderr is part of the message.
+        command::run(self.netns.as_deref(), program, args, stdin, |_| false).map_err(from_command)
     }
 }
 
 impl Iptables for IptablesCommand {
     fn restore(&mut self, family: Family, input: &str) -> Result<(), Error> {
         let binary = self.backend.binary(family, "restore");
-        self.run(&[&binary, "--noflush"], Some(input))?;
+        self.run(&binary, &["--noflush"], Some(input))?;
         Ok(())
     }
 
     fn save(&mut self, family: Family) -> Result<String, Error> {
         let binary = self.backend.binary(family, "save");
-        self.run(&[&binary, "-t", "filter"], None)
+        self.run(&binary, &["-t", "filter"], None)
     }
 
     fn ipset_restore(&mut self, input: &str) -> Result<(), Error> {
-        self.run(&["ipset", "restore", "-exist"], Some(input))?;
+        self.run("ipset", &["restore", "-exist"], Some(input))?;
         Ok(())
     }
 
     fn ipset_save(&mut self) -> Result<String, Error> {
-        self.run(&["ipset", "save"], None)
+        self.run("ipset", &["save"], None)
     }
 }
 
-/// A tool's stderr as one line.
-fn one_line(stderr: &str) -> String {
-    stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ")
+fn from_command(e: CommandError) -> Error {
+    match e {
+        CommandError::Spawn { command, error } => Error::Spawn { command, error },
+        CommandError::Failed { command, stderr } => Error::Failed { command, stderr },
+    }
 }
 
 #[cfg(test)]
@@ -169,15 +124,5 @@ mod tests {
             "ip6tables-legacy-save"
         );
         assert_eq!(Backend::Nft.binary(Family::V4, "save"), "iptables-nft-save");
-    }
-
-    #[test]
-    fn stderr_becomes_one_line() {
-        let stderr = "iptables-restore v1.8.9 (nf_tables): Chain 'x' does not exist\n\
-                      Error occurred at line: 3\n\n";
-        assert_eq!(
-            one_line(stderr),
-            "iptables-restore v1.8.9 (nf_tables): Chain 'x' does not exist | Error occurred at line: 3"
-        );
     }
 }

@@ -9,12 +9,10 @@
 use std::path::PathBuf;
 
 use margay_iptables::{render, Family};
-use margay_policy::program::program;
-
-mod common;
+use margay_testkit::fixture::golden_node1;
 
 fn files() -> Vec<(String, String)> {
-    let node1 = program(&common::golden_cluster(), "node1");
+    let node1 = golden_node1();
     let mut files = Vec::new();
     for (family, name) in [(Family::V4, "ipv4"), (Family::V6, "ipv6")] {
         let rendered = render(&node1, family);

@@ -7,19 +7,17 @@
 //! loading tests also run with `iptables-legacy-*` and `iptables-nft-*` where installed.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use margay_iptables::{
     changed_chains, remove_all, render, Applier, Backend, Family, Iptables, IptablesCommand,
     Rendered,
 };
-use margay_policy::program::{program, Program};
-use margay_policy::{evaluate, Packet, Peer, Protocol};
-
-mod common;
+use margay_policy::program::program;
+use margay_testkit::fixture::{self, golden_node1};
+use margay_testkit::netns::{run, TestNs};
+use margay_testkit::pods::{PodNetwork, PORTS};
 
 const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
 
@@ -71,60 +69,17 @@ fn backends() -> Vec<Backend> {
     backends
 }
 
-/// Runs a command; panics with its stderr if it fails.
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", argv.join(" ")));
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        argv.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+/// The namespaces of these tests: `mgyipt-<pid>-<n>`.
+const PREFIX: &str = "mgyipt";
+
+/// margay-iptables in a test namespace.
+trait IptablesNs {
+    fn iptables(&self) -> IptablesCommand;
 }
 
-/// A named network namespace, deleted on drop (also when the test panics).
-struct TestNs {
-    name: String,
-}
-
-impl TestNs {
-    fn new() -> TestNs {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("mgyipt-{}-{n}", std::process::id());
-        run(&["ip", "netns", "add", &name]);
-        TestNs { name }
-    }
-
+impl IptablesNs for TestNs {
     fn iptables(&self) -> IptablesCommand {
-        IptablesCommand::in_netns(&self.name)
-    }
-
-    /// `ip netns exec NS ARGS…`
-    fn exec(&self, args: &[&str]) -> String {
-        let mut argv = vec!["ip", "netns", "exec", &self.name];
-        argv.extend(args);
-        run(&argv)
-    }
-
-    /// `ip -n NS ARGS…`
-    fn ip(&self, args: &str) {
-        let mut argv = vec!["ip", "-n", &self.name];
-        argv.extend(args.split_whitespace());
-        run(&argv);
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        IptablesCommand::in_netns(self.name())
     }
 }
 
@@ -135,10 +90,6 @@ fn rules(runner: &mut IptablesCommand, family: Family) -> Vec<String> {
         .filter(|l| l.starts_with("-A "))
         .map(str::to_owned)
         .collect()
-}
-
-fn golden_node1() -> Program {
-    program(&common::golden_cluster(), "node1")
 }
 
 fn kernel(runner: &mut IptablesCommand, family: Family) -> Rendered {
@@ -185,7 +136,7 @@ fn the_rendering_loads_and_iptables_save_shows_it() {
     eprintln!("iptables: {}", run(&["iptables", "--version"]).trim());
     let node1 = golden_node1();
     for backend in backends() {
-        let ns = TestNs::new();
+        let ns = TestNs::new(PREFIX);
         let mut runner = ns.iptables().with_backend(backend);
         // Someone else's rule in FORWARD stays where it is.
         runner
@@ -218,27 +169,10 @@ fn the_rendering_loads_and_iptables_save_shows_it() {
 fn deltas_and_removal_apply_to_the_kernel() {
     require_root_and_tools!();
     let old = golden_node1();
-    let new_pod_elsewhere = "---
-apiVersion: margay.dev/v1
-kind: WorkloadEndpoint
-metadata:
-  name: node2-k8s-d-eth0
-  namespace: y
-  labels: {pod: d, app: db}
-spec:
-  orchestrator: k8s
-  node: node2
-  pod: d
-  endpoint: eth0
-  interfaceName: mgy0000000000d
-  ipNetworks: [10.1.1.3/32, \"fd00:10:1::4/128\"]
-  profiles: [kns.y]
-  ports: [{name: web, protocol: TCP, port: 5432}]
-";
     // A pod starts elsewhere and the trusted set grows: set members only.
-    let yaml =
-        common::golden_yaml().replace("198.51.100.0/25", "198.51.100.0/24") + new_pod_elsewhere;
-    let members = program(&common::cluster(&yaml), "node1");
+    let yaml = fixture::golden_yaml().replace("198.51.100.0/25", "198.51.100.0/24")
+        + fixture::POD_D_ON_NODE2;
+    let members = program(&fixture::cluster(&yaml), "node1");
     // Then a policy rule changes and a pod starts here: chains.
     let yaml = yaml.replace("notPorts: [22, \"2000:2100\"]", "notPorts: [22]")
         + "---
@@ -257,9 +191,9 @@ spec:
   ipNetworks: [10.1.2.4/32, \"fd00:10:2::4/128\"]
   profiles: [kns.z]
 ";
-    let new = program(&common::cluster(&yaml), "node1");
+    let new = program(&fixture::cluster(&yaml), "node1");
     for backend in backends() {
-        let ns = TestNs::new();
+        let ns = TestNs::new(PREFIX);
         // Someone else's set and rule, which stay.
         let mut other = ns.iptables().with_backend(backend);
         other.ipset_restore("create other hash:ip\n").unwrap();
@@ -298,68 +232,26 @@ spec:
     }
 }
 
-/// Every local pod of the golden node1 in a network namespace of its own, wired to a "node"
-/// namespace as the CNI plugin wires pods (a veth named as the program names it, a /32 route
-/// to the pod), and one more pod on an interface the program does not know. Every pod tries
-/// TCP to every other on several ports; the SYNs that arrive must be exactly those the
-/// engine allows.
+/// The pods of the golden node1, and one on an interface it does not know, wired to a node
+/// namespace ([`PodNetwork`]): of their TCP SYNs to each other, exactly those the engine
+/// allows arrive.
 #[test]
 fn policy_decides_as_the_engine_predicts() {
     require_root_and_tools!();
-    let cluster = common::golden_cluster();
+    let cluster = fixture::golden_cluster();
     let node1 = program(&cluster, "node1");
-    let node = TestNs::new();
-    node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-
-    struct Pod {
-        id: Option<String>,
-        ns: TestNs,
-        ip: IpAddr,
-    }
-    let wire = |iface: &str, ip: IpAddr| {
-        let pod = TestNs::new();
-        node.ip(&format!(
-            "link add {iface} type veth peer name eth0 netns {}",
-            pod.name
-        ));
-        node.ip(&format!("addr add 10.254.0.1/32 dev {iface}"));
-        node.ip(&format!("link set {iface} up"));
-        node.ip(&format!("route add {ip}/32 dev {iface}"));
-        pod.ip("link set lo up");
-        pod.ip("link set eth0 up");
-        pod.ip(&format!("addr add {ip}/32 dev eth0"));
-        pod.ip("route add 10.254.0.1/32 dev eth0");
-        pod.ip("route add default via 10.254.0.1 dev eth0");
-        pod
-    };
-    let mut pods: Vec<Pod> = node1
-        .endpoints
-        .iter()
-        .map(|(iface, ep)| {
-            let ip = *ep.ips.iter().find(|ip| ip.is_ipv4()).unwrap();
-            Pod {
-                id: Some(ep.id.clone()),
-                ns: wire(iface, ip),
-                ip,
-            }
-        })
-        .collect();
-    let stranger: IpAddr = "10.1.0.99".parse().unwrap();
-    pods.push(Pod {
-        id: None,
-        ns: wire("mgyfffffffffff", stranger),
-        ip: stranger,
-    });
+    let net = PodNetwork::wire(PREFIX, &node1);
 
     for family in FAMILIES {
-        assert!(Applier::new(node.iptables(), family).apply(&node1).unwrap());
+        assert!(Applier::new(net.node.iptables(), family)
+            .apply(&node1)
+            .unwrap());
     }
 
-    const PORTS: [u16; 5] = [22, 80, 81, 8080, 9090];
     // Each pod counts the SYNs it receives, by source and port, in its INPUT chain.
-    for dst in &pods {
+    for dst in &net.pods {
         let mut input = String::from("*filter\n");
-        for (i, src) in pods.iter().enumerate() {
+        for (i, src) in net.pods.iter().enumerate() {
             for port in PORTS {
                 input += &format!(
                     "-A INPUT -s {}/32 -p tcp -m tcp --dport {port} --tcp-flags SYN,ACK SYN \
@@ -371,63 +263,15 @@ fn policy_decides_as_the_engine_predicts() {
         input += "COMMIT\n";
         dst.ns.iptables().restore(Family::V4, &input).unwrap();
     }
-    // Every pod connects to every other on every port at once; nothing listens, so an
-    // arriving SYN is answered with a reset, and a dropped one times out.
-    for src in &pods {
-        let targets: Vec<String> = pods
-            .iter()
-            .filter(|dst| dst.ip != src.ip)
-            .flat_map(|dst| PORTS.map(|port| format!("{}/{port}", dst.ip)))
-            .collect();
-        src.ns.exec(&[
-            "bash",
-            "-c",
-            &format!(
-                "for t in {}; do timeout 1 bash -c \"echo > /dev/tcp/$t\" 2>/dev/null & done; \
-                 wait; true",
-                targets.join(" ")
-            ),
-        ]);
-    }
+    net.connect_all();
     // Every connection has ended (answered or timed out): what arrived is counted.
     std::thread::sleep(Duration::from_millis(100));
-    let counts: Vec<BTreeMap<String, u64>> = pods.iter().map(|p| syn_counts(&p.ns)).collect();
-    let mut wrong = Vec::new();
-    let mut allowed = 0;
-    for (i, src) in pods.iter().enumerate() {
-        for (j, dst) in pods.iter().enumerate().filter(|(_, dst)| dst.ip != src.ip) {
-            for port in PORTS {
-                let arrived = counts[j][&format!("c{i}_{port}")] > 0;
-                let expected = match (&src.id, &dst.id) {
-                    (Some(from), Some(to)) => {
-                        evaluate(
-                            &cluster,
-                            &Packet {
-                                from: Peer::Endpoint(from.clone()),
-                                to: Peer::Endpoint(to.clone()),
-                                protocol: Protocol::Tcp,
-                                port,
-                            },
-                        )
-                        .allowed
-                    }
-                    // An unknown workload interface: dropped whatever policy says.
-                    _ => false,
-                };
-                allowed += usize::from(expected);
-                if arrived != expected {
-                    wrong.push(format!(
-                        "{} -> {} port {port}: arrived {arrived}, engine allows {expected}",
-                        src.ip, dst.ip
-                    ));
-                }
-            }
-        }
-    }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    assert!(allowed >= 5, "the fixture should allow some traffic");
+    let counts: Vec<BTreeMap<String, u64>> = net.pods.iter().map(|p| syn_counts(&p.ns)).collect();
+    net.assert_engine_agrees(&cluster, |i, j, port| {
+        counts[j][&format!("c{i}_{port}")] > 0
+    });
     // Allowed packets were accepted by Margay's rule at the end of FORWARD.
-    let save = node.exec(&["iptables-save", "-c", "-t", "filter"]);
+    let save = net.node.exec(&["iptables-save", "-c", "-t", "filter"]);
     let accepted = save
         .lines()
         .find(|l| l.contains("-A FORWARD ") && l.ends_with("-j ACCEPT"))

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use margay_nft::policy::{self, AddressFamily};
 use margay_nft::{render, NodeRules};
-use margay_policy::program::program;
+use margay_testkit::fixture::golden_node1;
 
 mod common;
 
@@ -79,7 +79,7 @@ fn scripts() -> Vec<(&'static str, String)> {
         .into_iter()
         .map(|(name, rules)| (name, render(&rules)))
         .collect();
-    let node1 = program(&common::golden_cluster(), "node1");
+    let node1 = golden_node1();
     scripts.push(("policy-ipv4", policy::render(&node1, AddressFamily::Ipv4)));
     scripts.push(("policy-ipv6", policy::render(&node1, AddressFamily::Ipv6)));
     scripts

@@ -4,19 +4,18 @@
 //!
 //! They need root and nft; otherwise each prints "skipped: …" and passes.
 
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use margay_nft::policy::{self, AddressFamily, POLICY_TABLE};
 use margay_nft::{remove_all, Applier, NftCommand, NftRunner, NodeRules};
-use margay_policy::program::{program, Program};
-use margay_policy::{evaluate, Packet, Peer, Protocol};
+use margay_policy::program::program;
+use margay_testkit::fixture::{self, golden_node1};
+use margay_testkit::netns::TestNs;
+use margay_testkit::pods::{PodNetwork, PORTS};
 
 macro_rules! require_root_and_nft {
     () => {
@@ -27,64 +26,22 @@ macro_rules! require_root_and_nft {
     };
 }
 
-/// Runs a command; panics with its stderr if it fails.
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", argv.join(" ")));
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        argv.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+/// The namespaces of these tests: `mgynft-<pid>-<n>`.
+const PREFIX: &str = "mgynft";
+
+/// margay-nft in a test namespace.
+trait Nft {
+    fn nft(&self) -> NftCommand;
+    fn list(&self, family: &str, table: &str) -> Option<String>;
 }
 
-/// A named network namespace, deleted on drop (also when the test panics).
-struct TestNs {
-    name: String,
-}
-
-impl TestNs {
-    fn new() -> TestNs {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("mgynft-{}-{n}", std::process::id());
-        run(&["ip", "netns", "add", &name]);
-        TestNs { name }
-    }
-
+impl Nft for TestNs {
     fn nft(&self) -> NftCommand {
-        NftCommand::in_netns(&self.name)
-    }
-
-    /// `ip netns exec NS ARGS…`
-    fn exec(&self, args: &[&str]) -> String {
-        let mut argv = vec!["ip", "netns", "exec", &self.name];
-        argv.extend(args);
-        run(&argv)
-    }
-
-    /// `ip -n NS ARGS…`
-    fn ip(&self, args: &str) {
-        let mut argv = vec!["ip", "-n", &self.name];
-        argv.extend(args.split_whitespace());
-        run(&argv);
+        NftCommand::in_netns(self.name())
     }
 
     fn list(&self, family: &str, table: &str) -> Option<String> {
         self.nft().list_table(family, table).unwrap()
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -109,7 +66,7 @@ const OTHER: &str = "table inet other {
 #[test]
 fn apply_replaces_only_margay_tables() {
     require_root_and_nft!();
-    let ns = TestNs::new();
+    let ns = TestNs::new(PREFIX);
     ns.nft().run(OTHER).unwrap();
     let other = ns
         .list("inet", "other")
@@ -176,7 +133,7 @@ fn apply_replaces_only_margay_tables() {
 #[test]
 fn a_refused_script_changes_nothing_and_says_why() {
     require_root_and_nft!();
-    let ns = TestNs::new();
+    let ns = TestNs::new(PREFIX);
     let mut applier = Applier::new(ns.nft());
     applier.apply(&nat_rules(&["10.244.0.0/16"])).unwrap();
     let before = ns.list("ip", "margay").unwrap();
@@ -187,7 +144,7 @@ fn a_refused_script_changes_nothing_and_says_why() {
         margay_nft::render(&nat_rules(&["10.9.0.0/16"]))
     );
     let err = ns.nft().run(&script).unwrap_err().to_string();
-    let prefix = format!("ip netns exec {} nft -f -: ", ns.name);
+    let prefix = format!("ip netns exec {} nft -f -: ", ns.name());
     assert!(err.starts_with(&prefix), "{err}");
     assert!(err.contains("No such file or directory"), "{err}");
     assert!(err.contains("ip saddr @nope drop"), "{err}");
@@ -229,14 +186,18 @@ fn send_udp(ns: &TestNs, to: &str, port: u16) {
 #[test]
 fn masquerade_and_overlay_protection_work() {
     require_root_and_nft!();
-    let (pod, router, server) = (TestNs::new(), TestNs::new(), TestNs::new());
+    let (pod, router, server) = (
+        TestNs::new(PREFIX),
+        TestNs::new(PREFIX),
+        TestNs::new(PREFIX),
+    );
     router.ip(&format!(
         "link add r0 type veth peer name eth0 netns {}",
-        pod.name
+        pod.name()
     ));
     router.ip(&format!(
         "link add r1 type veth peer name eth0 netns {}",
-        server.name
+        server.name()
     ));
     router.ip("addr add 10.244.1.1/24 dev r0");
     router.ip("addr add 192.0.2.1/24 dev r1");
@@ -319,14 +280,10 @@ fn masquerade_and_overlay_protection_work() {
 const FAMILIES: [(AddressFamily, &str); 2] =
     [(AddressFamily::Ipv4, "ip"), (AddressFamily::Ipv6, "ip6")];
 
-fn golden_node1() -> Program {
-    program(&common::golden_cluster(), "node1")
-}
-
 #[test]
 fn policy_tables_load_beside_the_node_tables() {
     require_root_and_nft!();
-    let ns = TestNs::new();
+    let ns = TestNs::new(PREFIX);
     Applier::new(ns.nft())
         .apply(&nat_rules(&["10.244.0.0/16"]))
         .unwrap();
@@ -419,27 +376,11 @@ fn set_updates_change_members_in_place() {
     // y/a moves to another address, a new db pod starts on node2 (next to y/b, so the
     // prefixes of namespace y's sets merge: 10.1.1.2 becomes 10.1.1.2/31), the trusted set
     // grows.
-    let yaml = common::golden_yaml()
+    let yaml = fixture::golden_yaml()
         .replace("\"10.1.1.1/32\"", "\"10.1.1.10/32\"")
         .replace("198.51.100.0/25", "198.51.100.0/24")
-        + "---
-apiVersion: margay.dev/v1
-kind: WorkloadEndpoint
-metadata:
-  name: node2-k8s-d-eth0
-  namespace: y
-  labels: {pod: d, app: db}
-spec:
-  orchestrator: k8s
-  node: node2
-  pod: d
-  endpoint: eth0
-  interfaceName: mgy0000000000d
-  ipNetworks: [10.1.1.3/32, \"fd00:10:1::4/128\"]
-  profiles: [kns.y]
-  ports: [{name: web, protocol: TCP, port: 5432}]
-";
-    let new = program(&common::cluster(&yaml), "node1");
+        + fixture::POD_D_ON_NODE2;
+    let new = program(&fixture::cluster(&yaml), "node1");
     assert_ne!(old, new);
 
     for (family, name) in FAMILIES {
@@ -451,7 +392,7 @@ spec:
                 || l.starts_with(&format!("add element {name} margay-policy "))),
             "{updates}"
         );
-        let updated = TestNs::new();
+        let updated = TestNs::new(PREFIX);
         updated.nft().run(&policy::render(&old, family)).unwrap();
         let list_with_handles =
             || updated.exec(&["nft", "-a", "list", "table", name, POLICY_TABLE]);
@@ -461,7 +402,7 @@ spec:
         // Same rules, same handles: nothing but elements changed.
         assert_eq!(rules_before, rules_after);
 
-        let fresh = TestNs::new();
+        let fresh = TestNs::new(PREFIX);
         fresh.nft().run(&policy::render(&new, family)).unwrap();
         let (_, want) = split_elements(&fresh.list(name, POLICY_TABLE).unwrap());
         assert_eq!(elements, want, "{name}: {updates}");
@@ -480,7 +421,7 @@ spec:
     }
 
     // A new policy is a rule change: set updates alone would not do.
-    let yaml = common::golden_yaml()
+    let yaml = fixture::golden_yaml()
         + "---
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
@@ -489,73 +430,29 @@ spec:
   selector: pod == 'b'
   ingress: [{action: Allow, source: {selector: pod == 'c'}}]
 ";
-    let more = program(&common::cluster(&yaml), "node1");
+    let more = program(&fixture::cluster(&yaml), "node1");
     assert!(!policy::same_rules(&old, &more, AddressFamily::Ipv4));
 }
 
-/// Every local pod of the golden node1 in a network namespace of its own, wired to a "node"
-/// namespace as the CNI plugin wires pods (a veth named as the program names it, a /32 route
-/// to the pod), and one more pod on an interface the program does not know. Every pod tries
-/// TCP to every other on several ports; the SYNs that arrive must be exactly those the
-/// engine allows.
+/// The pods of the golden node1, and one on an interface it does not know, wired to a node
+/// namespace ([`PodNetwork`]): of their TCP SYNs to each other, exactly those the engine
+/// allows arrive.
 #[test]
 fn policy_decides_as_the_engine_predicts() {
     require_root_and_nft!();
-    let cluster = common::golden_cluster();
+    let cluster = fixture::golden_cluster();
     let node1 = program(&cluster, "node1");
-    let node = TestNs::new();
-    node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-
-    struct Pod {
-        id: Option<String>,
-        ns: TestNs,
-        ip: IpAddr,
-    }
-    let wire = |iface: &str, ip: IpAddr| {
-        let pod = TestNs::new();
-        node.ip(&format!(
-            "link add {iface} type veth peer name eth0 netns {}",
-            pod.name
-        ));
-        node.ip(&format!("addr add 10.254.0.1/32 dev {iface}"));
-        node.ip(&format!("link set {iface} up"));
-        node.ip(&format!("route add {ip}/32 dev {iface}"));
-        pod.ip("link set lo up");
-        pod.ip("link set eth0 up");
-        pod.ip(&format!("addr add {ip}/32 dev eth0"));
-        pod.ip("route add 10.254.0.1/32 dev eth0");
-        pod.ip("route add default via 10.254.0.1 dev eth0");
-        pod
-    };
-    let mut pods: Vec<Pod> = node1
-        .endpoints
-        .iter()
-        .map(|(iface, ep)| {
-            let ip = *ep.ips.iter().find(|ip| ip.is_ipv4()).unwrap();
-            Pod {
-                id: Some(ep.id.clone()),
-                ns: wire(iface, ip),
-                ip,
-            }
-        })
-        .collect();
-    let stranger: IpAddr = "10.1.0.99".parse().unwrap();
-    pods.push(Pod {
-        id: None,
-        ns: wire("mgyfffffffffff", stranger),
-        ip: stranger,
-    });
+    let net = PodNetwork::wire(PREFIX, &node1);
 
     for (family, _) in FAMILIES {
-        node.nft().run(&policy::render(&node1, family)).unwrap();
+        net.node.nft().run(&policy::render(&node1, family)).unwrap();
     }
 
-    const PORTS: [u16; 5] = [22, 80, 81, 8080, 9090];
     // Each pod counts the SYNs it receives, by source and port.
-    for dst in &pods {
+    for dst in &net.pods {
         let mut table = String::from("table inet obs {\n");
         let mut rules = String::new();
-        for (i, src) in pods.iter().enumerate() {
+        for (i, src) in net.pods.iter().enumerate() {
             for port in PORTS {
                 table += &format!("counter c{i}_{port} {{}}\n");
                 rules += &format!(
@@ -569,61 +466,8 @@ fn policy_decides_as_the_engine_predicts() {
         );
         dst.ns.nft().run(&table).unwrap();
     }
-    // Every pod connects to every other on every port at once; nothing listens, so an
-    // arriving SYN is answered with a reset, and a dropped one times out.
-    for src in &pods {
-        let targets: Vec<String> = pods
-            .iter()
-            .filter(|dst| dst.ip != src.ip)
-            .flat_map(|dst| PORTS.map(|port| format!("{}/{port}", dst.ip)))
-            .collect();
-        src.ns.exec(&[
-            "bash",
-            "-c",
-            &format!(
-                "for t in {}; do timeout 1 bash -c \"echo > /dev/tcp/$t\" 2>/dev/null & done; \
-                 wait; true",
-                targets.join(" ")
-            ),
-        ]);
-    }
-    let mut wrong = Vec::new();
-    let mut allowed = 0;
-    for (i, src) in pods.iter().enumerate() {
-        for dst in pods.iter().filter(|dst| dst.ip != src.ip) {
-            for port in PORTS {
-                let arrived = packets_in(&dst.ns, &format!("c{i}_{port}")) > 0;
-                let expected = match (&src.id, &dst.id) {
-                    (Some(from), Some(to)) => {
-                        evaluate(
-                            &cluster,
-                            &Packet {
-                                from: Peer::Endpoint(from.clone()),
-                                to: Peer::Endpoint(to.clone()),
-                                protocol: Protocol::Tcp,
-                                port,
-                            },
-                        )
-                        .allowed
-                    }
-                    // An unknown workload interface: dropped whatever policy says.
-                    _ => false,
-                };
-                allowed += usize::from(expected);
-                if arrived != expected {
-                    wrong.push(format!(
-                        "{} -> {} port {port}: arrived {arrived}, engine allows {expected}",
-                        src.ip, dst.ip
-                    ));
-                }
-            }
-        }
-    }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    assert!(allowed >= 5, "the fixture should allow some traffic");
-}
-
-/// A named counter's packet count in `table inet obs`.
-fn packets_in(ns: &TestNs, counter: &str) -> u64 {
-    packets(ns, counter)
+    net.connect_all();
+    net.assert_engine_agrees(&cluster, |i, j, port| {
+        packets(&net.pods[j].ns, &format!("c{i}_{port}")) > 0
+    });
 }

@@ -1,11 +1,13 @@
 //! The one crate in Margay that makes networking syscalls: network namespaces ([`netns`]),
 //! rtnetlink ([`netlink`]), `/proc/sys` ([`sysctl`]) and the processes of a lab
-//! ([`process`]). Everything else reaches the kernel through it, behind its own traits.
+//! ([`process`]); it also runs the networking tools (`nft`, `iptables-restore`, `ipset`:
+//! [`command`]). Everything else reaches the kernel through it, behind its own traits.
 //!
 //! It is synchronous and starts no runtime: the CNI plugin is a short-lived process with a
 //! budget of a few milliseconds per pod. Namespace switches happen on short-lived scoped
 //! threads ([`netns::NetNs::run`]), never on the caller's thread.
 
+pub mod command;
 mod error;
 pub mod netlink;
 pub mod netns;

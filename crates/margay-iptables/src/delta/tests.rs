@@ -2,25 +2,13 @@
 //! chain something jumps to, destroying a set a rule uses, …).
 
 use margay_policy::program::{program, Program};
-use margay_policy::Cluster;
+use margay_testkit::fixture::{cluster, golden_yaml, POD_D_ON_NODE2};
 
 use super::*;
 use crate::{render, Applier, FakeIptables};
 
-fn golden_yaml() -> String {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../margay-policy/tests/golden/program-cluster.yaml"
-    );
-    std::fs::read_to_string(path).unwrap()
-}
-
 fn node1(yaml: &str) -> Program {
-    let resources = margay_api::parse_documents(yaml)
-        .unwrap()
-        .into_iter()
-        .map(|doc| margay_api::decode(doc).unwrap().resource);
-    program(&Cluster::from_resources(resources).unwrap(), "node1")
+    program(&cluster(yaml), "node1")
 }
 
 const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
@@ -92,24 +80,7 @@ fn a_changed_rule_rewrites_only_its_chain() {
 #[test]
 fn a_pod_elsewhere_changes_only_set_members() {
     let old = node1(&golden_yaml());
-    let yaml = golden_yaml().replace("\"10.1.1.1/32\"", "\"10.1.1.10/32\"")
-        + "---
-apiVersion: margay.dev/v1
-kind: WorkloadEndpoint
-metadata:
-  name: node2-k8s-d-eth0
-  namespace: y
-  labels: {pod: d, app: db}
-spec:
-  orchestrator: k8s
-  node: node2
-  pod: d
-  endpoint: eth0
-  interfaceName: mgy0000000000d
-  ipNetworks: [10.1.1.3/32, \"fd00:10:1::4/128\"]
-  profiles: [kns.y]
-  ports: [{name: web, protocol: TCP, port: 5432}]
-";
+    let yaml = golden_yaml().replace("\"10.1.1.1/32\"", "\"10.1.1.10/32\"") + POD_D_ON_NODE2;
     let new = node1(&yaml);
     let mut fake = loaded(&old);
     for family in FAMILIES {

@@ -3,33 +3,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use margay_api::PolicyType;
 use margay_policy::program::{IpSet, LocalEndpoint, PolicyChain, ProfileChain, TierStage};
 use margay_policy::PolicyKind;
+use margay_testkit::program::{net, no_matches, rule};
 
 use super::*;
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-fn no_matches() -> Matches {
-    Matches {
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        source: EndMatch::default(),
-        destination: EndMatch::default(),
-    }
-}
-
-fn rule(index: usize, action: Action, matches: Matches) -> ProgramRule {
-    ProgramRule {
-        index,
-        action,
-        comment: format!("rule {index}"),
-        matches,
-    }
-}
 
 /// The rules of a rendering, as `-A` lines without their hash comments.
 fn lines(spec: &Spec) -> String {

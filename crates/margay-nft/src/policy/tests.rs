@@ -3,33 +3,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use margay_api::PolicyType;
 use margay_policy::program::{IpSet, LocalEndpoint, PolicyChain, TierStage};
 use margay_policy::PolicyKind;
+use margay_testkit::program::{net, no_matches, rule};
 
 use super::*;
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-fn no_matches() -> Matches {
-    Matches {
-        ip_version: None,
-        protocol: None,
-        not_protocol: None,
-        icmp: None,
-        not_icmp: None,
-        source: EndMatch::default(),
-        destination: EndMatch::default(),
-    }
-}
-
-fn rule(index: usize, action: Action, matches: Matches) -> ProgramRule {
-    ProgramRule {
-        index,
-        action,
-        comment: format!("rule {index}"),
-        matches,
-    }
-}
 
 /// One endpoint `mgya` (x/a) whose ingress goes through one policy `pi-1` in tier `t`
 /// (default action `default_action`) holding `rules`, then profile-less; sets as given.
