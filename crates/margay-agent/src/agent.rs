@@ -10,21 +10,23 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::stream::{select_all, StreamExt};
 use futures::FutureExt;
 use ipnet::{IpNet, Ipv4Net};
-use margay_api::{Kind, Resource};
+use margay_api::{Dataplane, Kind, Resource};
 use margay_client::Client;
 use margay_datastore::{Query, SharedDatastore};
+use margay_iptables::IptablesCommand;
 use margay_nft::{Applier, NftCommand};
 use margay_policy::program::Program;
 use margay_sys::netlink::RouteSocket;
 use serde_json::json;
 
 use crate::config::{AgentOptions, IpChoice};
+use crate::dataplane::PolicyDataplanes;
 use crate::http::{self, Health};
 use crate::kernel::{Kernel, LinuxKernel};
 use crate::metrics::{Metrics, PolicyGauges};
 use crate::model::Model;
 use crate::plan::{self, Host, Plan, RouteTarget};
-use crate::policy::{self, Change, Counts, PolicyTables, PROGRAMMED_DIR};
+use crate::policy::{self, Change, Counts, PROGRAMMED_DIR};
 use crate::reconcile::{self, Grace};
 use crate::{autodetect, register, Error};
 
@@ -59,6 +61,8 @@ pub struct SyncReport {
     pub next_due: Option<Instant>,
     /// What the policy engine reads, from the same snapshot (see [`policy::compute`]).
     pub policy_inputs: Vec<Resource>,
+    /// Where policy goes: `AgentConfiguration.dataplane`, from the same snapshot.
+    pub dataplane: Dataplane,
 }
 
 /// The interface that holds `ip`, and its MTU.
@@ -111,6 +115,7 @@ pub async fn sync_once<K: Kernel>(
     }
     let plan = plan::plan(&model, host);
     let policy_inputs = std::mem::take(&mut model.policy_inputs);
+    let dataplane = model.config.dataplane();
     let observed = kernel.observe()?;
     let (ops, next_due) = grace.hold(reconcile::diff(&plan, &observed), Instant::now());
     let mut errors = Vec::new();
@@ -142,6 +147,7 @@ pub async fn sync_once<K: Kernel>(
         pools,
         next_due,
         policy_inputs,
+        dataplane,
     })
 }
 
@@ -154,10 +160,19 @@ struct PolicyOutcome {
     errors: Vec<String>,
 }
 
-fn policy_json(applied: Option<&Program>, outcome: &PolicyOutcome) -> serde_json::Value {
+/// The Policy object of `/status`; `dataplane` is the one holding the program (`None`
+/// before the first apply), `configured` the one AgentConfiguration asks for.
+fn policy_json(
+    applied: Option<&Program>,
+    dataplane: Option<Dataplane>,
+    configured: Dataplane,
+    outcome: &PolicyOutcome,
+) -> serde_json::Value {
     let counts = applied.map(Counts::of).unwrap_or_default();
     json!({
         "programmed": applied.is_some(),
+        "dataplane": dataplane.map(Dataplane::as_str),
+        "configuredDataplane": configured.as_str(),
         "policies": counts.policies,
         "profiles": counts.profiles,
         "endpoints": counts.endpoints,
@@ -292,9 +307,11 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
     tracing::info!(node = %host.node, ip = %host.ip, uplink = %host.uplink, "agent started");
     let mut kernel = LinuxKernel::new()?;
     let mut nft = Applier::new(NftCommand::default());
-    // Replaced with the first program, atomically: established connections (conntrack)
-    // and everything else see either the tables of the last run or the new ones.
-    let mut tables = PolicyTables::new(NftCommand::default());
+    // nftables: replaced with the first program, atomically (established connections and
+    // everything else see either the tables of the last run or the new ones); iptables:
+    // read back from the kernel and changed where they differ. The agent runs in its node's
+    // network namespace, so both tools act on the node.
+    let mut dataplanes = PolicyDataplanes::new(NftCommand::default(), IptablesCommand::new());
     run_loop(
         &ds,
         &client,
@@ -302,7 +319,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
         &opts,
         &mut kernel,
         &mut nft,
-        &mut tables,
+        &mut dataplanes,
         &health,
         &metrics,
         resync,
@@ -318,7 +335,7 @@ async fn run_loop(
     opts: &AgentOptions,
     kernel: &mut LinuxKernel,
     nft: &mut Applier<NftCommand>,
-    tables: &mut PolicyTables<NftCommand>,
+    dataplanes: &mut Dataplanes,
     health: &Arc<Health>,
     metrics: &Arc<Metrics>,
     resync: Duration,
@@ -381,19 +398,20 @@ async fn run_loop(
             errors.push(format!("nft: {e}"));
         }
         if timer_driven {
-            match tables.forget_if_missing() {
+            match dataplanes.recheck() {
                 Ok(true) => {
                     tracing::warn!("a policy table was removed behind the agent; replacing")
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    metrics.apply_error("nft");
-                    errors.push(format!("nft: listing the policy tables: {e}"));
+                    metrics.apply_error(e.kind());
+                    errors.push(format!("{}: listing the policy tables: {e}", e.kind()));
                 }
             }
         }
         let outcome = program_policy(
-            tables,
+            dataplanes,
+            report.dataplane,
             std::mem::take(&mut report.policy_inputs),
             host,
             &opts.state_dir,
@@ -419,7 +437,12 @@ async fn run_loop(
             &report,
             took,
             &errors,
-            policy_json(tables.applied(), &outcome),
+            policy_json(
+                dataplanes.applied(),
+                dataplanes.active(),
+                report.dataplane,
+                &outcome,
+            ),
             &outcome.errors,
         );
         health.set_status(last_status.clone());
@@ -439,11 +462,17 @@ async fn run_loop(
     }
 }
 
-/// Computes this node's policy program and applies it; an error about the model keeps what
-/// is programmed. After a successful apply, records the programmed interfaces. Failures go
-/// to `errors` and the metrics.
+/// The agent's two policy dataplanes, run on the node.
+type Dataplanes = PolicyDataplanes<NftCommand, IptablesCommand>;
+
+/// Computes this node's policy program and applies it to `dataplane` (removing the other's
+/// rules after a switch, and once after a start); an error about the model keeps what is
+/// programmed. After a successful apply, records the programmed interfaces. Failures go to
+/// `errors` and the metrics.
+#[allow(clippy::too_many_arguments)]
 fn program_policy(
-    tables: &mut PolicyTables<NftCommand>,
+    dataplanes: &mut Dataplanes,
+    dataplane: Dataplane,
     inputs: Vec<Resource>,
     host: &Host,
     state_dir: &Path,
@@ -463,20 +492,39 @@ fn program_policy(
     }
     let mut change = None;
     if let Some(program) = computed.program {
-        match tables.apply(program) {
+        let done = dataplanes.program(dataplane, program);
+        match done.change {
             Ok(done) => {
                 if done != Change::Unchanged {
-                    tracing::info!(change = ?done, "policy programmed");
+                    tracing::info!(change = ?done, %dataplane, "policy programmed");
                 }
                 change = Some(done);
             }
             Err(e) => {
-                metrics.apply_error("nft");
-                errors.push(format!("nft: policy: {e}"));
+                let kind = e.kind();
+                metrics.apply_error(kind);
+                errors.push(format!("{kind}: policy: {e}"));
             }
         }
+        if let Some(from) = done.switched_from {
+            tracing::info!(%from, to = %dataplane, "policy dataplane switched");
+        }
+        match done.removed {
+            Some((stale, Ok(true))) => {
+                tracing::info!(dataplane = %stale, "removed the policy rules of the dataplane not in use")
+            }
+            Some((stale, Err(e))) => {
+                let kind = e.kind();
+                tracing::warn!(dataplane = %stale, error = %e, "removing the policy rules of the dataplane not in use");
+                metrics.apply_error(kind);
+                errors.push(format!(
+                    "{kind}: removing the {stale} policy rules (not in use): {e}"
+                ));
+            }
+            Some((_, Ok(false))) | None => {}
+        }
     }
-    if let (Some(_), Some(applied)) = (change, tables.applied()) {
+    if let (Some(_), Some(applied)) = (change, dataplanes.applied()) {
         let programmed = policy::programmed(applied, &computed.owners);
         if let Err(e) = policy::record_programmed(&state_dir.join(PROGRAMMED_DIR), &programmed) {
             metrics.apply_error("state");
@@ -485,7 +533,8 @@ fn program_policy(
     }
     let took = started.elapsed();
     metrics.observe_policy(took.as_secs_f64());
-    let counts = tables.applied().map(Counts::of).unwrap_or_default();
+    let counts = dataplanes.applied().map(Counts::of).unwrap_or_default();
+    metrics.set_policy_dataplane(dataplanes.active());
     metrics.set_policy(PolicyGauges {
         endpoints: counts.endpoints as u64,
         rules: counts.rules as u64,

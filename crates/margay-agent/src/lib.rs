@@ -3,12 +3,13 @@
 //! It registers the node, then keeps the kernel in step with the datastore: it reads the
 //! model ([`model`]), computes the desired dataplane as plain data ([`plan`]), diffs it
 //! against what the kernel has and applies only the difference ([`reconcile`], through the
-//! [`kernel::Kernel`] seam), and programs the node's network policy into nftables
-//! ([`policy`]), on every change and on a resync timer ([`agent`]).
+//! [`kernel::Kernel`] seam), and programs the node's network policy into nftables or
+//! iptables ([`policy`], [`dataplane`]), on every change and on a resync timer ([`agent`]).
 
 pub mod agent;
 pub mod autodetect;
 pub mod config;
+pub mod dataplane;
 pub mod http;
 pub mod kernel;
 pub mod metrics;

@@ -3,6 +3,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use margay_api::Dataplane;
 use prometheus_client::encoding::{text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,12 +20,13 @@ const SECONDS_BUCKETS: [f64; 16] = [
 
 /// The `kind` values of `margay_agent_apply_errors_total`, exported at 0 from the start so
 /// that `rate()` and alerts see the series before the first error.
-const ERROR_KINDS: [&str; 7] = [
+const ERROR_KINDS: [&str; 8] = [
     "route",
     "fdb",
     "neighbour",
     "link",
     "nft",
+    "iptables",
     "datastore",
     "state",
 ];
@@ -32,6 +34,11 @@ const ERROR_KINDS: [&str; 7] = [
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DataplaneLabels {
+    dataplane: String,
 }
 
 /// The agent's metrics. Every update is a few atomic operations, so the sync loop calls them
@@ -50,6 +57,7 @@ pub struct Metrics {
     policy_rules: Gauge<u64, AtomicU64>,
     policy_sets: Gauge<u64, AtomicU64>,
     policy_errors: Gauge<u64, AtomicU64>,
+    policy_dataplane: Family<DataplaneLabels, Gauge<u64, AtomicU64>>,
 }
 
 /// What the policy tables hold, for [`Metrics::set_policy`].
@@ -137,6 +145,18 @@ impl Metrics {
             "Policy resources the agent could not use at its last sync (left out, or keeping \
              what is programmed)",
         );
+        let policy_dataplane = Family::<DataplaneLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "margay_agent_policy_dataplane",
+            "1 for the dataplane that holds this node's policy program (nftables or iptables), \
+             0 for the other; both 0 before the first program",
+            policy_dataplane.clone(),
+        );
+        for dataplane in Dataplane::ALL {
+            let _ = policy_dataplane.get_or_create(&DataplaneLabels {
+                dataplane: dataplane.as_str().into(),
+            });
+        }
         Arc::new(Metrics {
             registry,
             sync_duration,
@@ -150,6 +170,7 @@ impl Metrics {
             policy_rules,
             policy_sets,
             policy_errors,
+            policy_dataplane,
         })
     }
 
@@ -174,13 +195,25 @@ impl Metrics {
         self.policy_errors.set(gauges.errors);
     }
 
+    /// Which dataplane holds the policy program (`None`: none yet).
+    pub fn set_policy_dataplane(&self, active: Option<Dataplane>) {
+        for dataplane in Dataplane::ALL {
+            let labels = DataplaneLabels {
+                dataplane: dataplane.as_str().into(),
+            };
+            self.policy_dataplane
+                .get_or_create(&labels)
+                .set(u64::from(active == Some(*dataplane)));
+        }
+    }
+
     /// Time from a datastore event arriving to its change being applied.
     pub fn observe_watch_lag(&self, seconds: f64) {
         self.watch_lag.observe(seconds);
     }
 
     /// Counts one failure; `kind` is one of "route", "fdb", "neighbour", "link", "nft",
-    /// "datastore", "state" (files under the state directory).
+    /// "iptables", "datastore", "state" (files under the state directory).
     pub fn apply_error(&self, kind: &str) {
         self.apply_errors
             .get_or_create(&ErrorLabels { kind: kind.into() })
@@ -214,6 +247,8 @@ mod tests {
             "margay_agent_policy_rules_programmed 0",
             "margay_agent_policy_sets_programmed 0",
             "margay_agent_policy_errors 0",
+            "margay_agent_policy_dataplane{dataplane=\"nftables\"} 0",
+            "margay_agent_policy_dataplane{dataplane=\"iptables\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
@@ -241,6 +276,7 @@ mod tests {
             sets: 7,
             errors: 1,
         });
+        metrics.set_policy_dataplane(Some(Dataplane::Iptables));
         let text = metrics.encode();
         for line in [
             "margay_agent_sync_duration_seconds_count 2\n",
@@ -260,6 +296,8 @@ mod tests {
             "margay_agent_policy_rules_programmed 40\n",
             "margay_agent_policy_sets_programmed 7\n",
             "margay_agent_policy_errors 1\n",
+            "margay_agent_policy_dataplane{dataplane=\"nftables\"} 0\n",
+            "margay_agent_policy_dataplane{dataplane=\"iptables\"} 1\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

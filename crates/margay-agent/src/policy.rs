@@ -1,6 +1,7 @@
 //! Network policy on this node: the policy engine's program for the node, applied to
-//! Margay's policy tables (`table ip margay-policy`, `table ip6 margay-policy`), and the
-//! record of which workload interfaces have their rules programmed.
+//! Margay's policy tables (`table ip margay-policy`, `table ip6 margay-policy`) or to
+//! iptables (see [`crate::dataplane`], which chooses), and the record of which workload
+//! interfaces have their rules programmed.
 //!
 //! - [`compute`] builds the engine's cluster from the datastore's resources and the node's
 //!   [`Program`]. A policy the engine cannot use is left out and reported; the rest is
@@ -18,6 +19,7 @@ use std::path::Path;
 
 use margay_api::{Resource, WorkloadEndpoint};
 use margay_nft::policy::{self as nft_policy, AddressFamily, POLICY_TABLE};
+use margay_nft::ruleset::{Ruleset, Table};
 use margay_nft::NftRunner;
 use margay_policy::program::{program, Program};
 use margay_policy::Cluster;
@@ -75,12 +77,14 @@ fn local_interface(wep: &WorkloadEndpoint, node: &str) -> Option<(String, String
     })
 }
 
-/// What one [`PolicyTables::apply`] did.
+/// What one apply of a program did ([`PolicyTables::apply`], or the iptables dataplane's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Change {
-    /// Both tables replaced in one transaction (first program, or rules changed).
+    /// nftables: both tables replaced in one transaction (first program, or rules changed).
     Replaced,
+    /// iptables: the chains whose rules changed rewritten (and set members updated).
+    Chains,
     /// Only set members changed, in place.
     Sets,
     /// Nothing to do.
@@ -126,6 +130,26 @@ impl<R: NftRunner> PolicyTables<R> {
         Ok(false)
     }
 
+    /// Deletes both policy tables if either exists, in one transaction, touching nothing
+    /// else (the NAT table `margay` stays). Returns whether there was any. The next
+    /// [`apply`](Self::apply) loads them whole.
+    pub fn remove(&mut self) -> Result<bool, margay_nft::Error> {
+        self.applied = None;
+        let mut present = false;
+        for family in FAMILIES {
+            let name = table_family(family).as_str();
+            present |= self.runner.list_table(name, POLICY_TABLE)?.is_some();
+        }
+        if present {
+            let tables = FAMILIES
+                .iter()
+                .map(|&f| Table::new(table_family(f), POLICY_TABLE))
+                .collect();
+            self.runner.run(&Ruleset { tables }.render_removal())?;
+        }
+        Ok(present)
+    }
+
     /// Brings the tables to `program`. On failure the tables are as they were (every script
     /// is one transaction) and the next apply retries.
     pub fn apply(&mut self, program: Program) -> Result<Change, margay_nft::Error> {
@@ -164,6 +188,13 @@ impl<R: NftRunner> PolicyTables<R> {
         };
         self.applied = Some(program);
         Ok(change)
+    }
+}
+
+fn table_family(family: AddressFamily) -> margay_nft::ruleset::Family {
+    match family {
+        AddressFamily::Ipv4 => margay_nft::ruleset::Family::Ip,
+        AddressFamily::Ipv6 => margay_nft::ruleset::Family::Ip6,
     }
 }
 
@@ -265,7 +296,7 @@ pub fn record_programmed(dir: &Path, programmed: &BTreeMap<String, String>) -> i
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Records scripts; fails the runs it is told to; lists a table unless it is `gone`.
@@ -295,7 +326,8 @@ mod tests {
             table: &str,
         ) -> Result<Option<String>, margay_nft::Error> {
             assert_eq!(table, POLICY_TABLE);
-            Ok((self.gone != Some(family)).then(|| format!("table {family} {table} {{}}")))
+            let gone = self.gone == Some(family) || self.gone == Some("both");
+            Ok((!gone).then(|| format!("table {family} {table} {{}}")))
         }
     }
 
@@ -308,7 +340,7 @@ mod tests {
     }
 
     /// Pods x/a (on n1, interface mgya) and x/b (on n2), plus `more`.
-    fn cluster(b_ip: &str, more: &str) -> Vec<Resource> {
+    pub(crate) fn cluster(b_ip: &str, more: &str) -> Vec<Resource> {
         let mut yaml = format!(
             r#"
 apiVersion: margay.dev/v1
@@ -328,7 +360,7 @@ spec: {{node: n2, orchestrator: k8s, pod: b, endpoint: eth0, containerID: cid-b,
         inputs(&yaml)
     }
 
-    const FROM_B: &str = r#"
+    pub(crate) const FROM_B: &str = r#"
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -457,6 +489,29 @@ spec: {tier: missing, selector: all(), types: [Ingress]}
         assert_eq!(tables.apply(program.clone()).unwrap(), Change::Unchanged);
         tables.runner.gone = Some("ip6");
         assert!(tables.forget_if_missing().unwrap());
+        assert_eq!(tables.apply(program).unwrap(), Change::Replaced);
+    }
+
+    #[test]
+    fn removing_deletes_both_tables_only_when_there_are_any() {
+        let mut tables = PolicyTables::new(Recorder::default());
+        tables.runner.gone = Some("both");
+        assert!(!tables.remove().unwrap());
+        assert!(tables.runner.scripts.is_empty());
+        tables.runner.gone = Some("ip");
+        assert!(tables.remove().unwrap());
+        assert_eq!(
+            tables.runner.scripts,
+            ["table ip margay-policy {}\ndelete table ip margay-policy\n\
+              table ip6 margay-policy {}\ndelete table ip6 margay-policy\n"]
+        );
+        // Whatever was applied before, the next program loads the tables whole.
+        let program = compute(cluster("10.0.0.2/32", FROM_B), "n1")
+            .program
+            .unwrap();
+        tables.apply(program.clone()).unwrap();
+        tables.remove().unwrap();
+        assert_eq!(tables.applied(), None);
         assert_eq!(tables.apply(program).unwrap(), Change::Replaced);
     }
 

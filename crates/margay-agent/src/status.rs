@@ -12,6 +12,19 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// The dataplane holding the program, and the one configured while a switch is pending.
+fn dataplane(policy: &Value) -> String {
+    let (active, configured) = (&policy["dataplane"], &policy["configuredDataplane"]);
+    match (active.as_str(), configured.as_str()) {
+        (Some(a), Some(c)) if a != c => {
+            format!("{a} (configured: {c}; not switched yet, see the errors)")
+        }
+        (Some(a), _) => a.to_owned(),
+        (None, Some(c)) => format!("{c} (nothing programmed yet)"),
+        (None, None) => "-".to_owned(),
+    }
+}
+
 pub fn render(status: &Value) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| {
@@ -77,6 +90,7 @@ pub fn render(status: &Value) -> String {
         ),
     );
     let policy = &status["policy"];
+    line("Dataplane", dataplane(policy));
     line(
         "Policy",
         if policy["programmed"] == true {
@@ -119,11 +133,13 @@ mod tests {
         let status = json!({
             "node": "n1", "ready": true,
             "policy": {"programmed": true, "policies": 3, "profiles": 2, "endpoints": 4,
-                       "sets": 5, "rules": 21, "skippedEndpoints": {"x/c": "no interface"}},
+                       "sets": 5, "rules": 21, "skippedEndpoints": {"x/c": "no interface"},
+                       "dataplane": "iptables", "configuredDataplane": "iptables"},
             "policyErrors": ["GlobalNetworkPolicy missing.p: tier \"missing\" does not exist"],
         });
         let text = render(&status);
         for line in [
+            "Dataplane         iptables\n",
             "Policy            3 policies, 2 profiles, 4 endpoints, 5 sets, 21 rules\n",
             "Not programmed    x/c: no interface\n",
             "Policy error      GlobalNetworkPolicy missing.p: tier \"missing\" does not exist\n",
@@ -133,6 +149,23 @@ mod tests {
         let text = render(&json!({"node": "n1", "policy": {"programmed": false}}));
         assert!(
             text.contains("Policy            not programmed\n"),
+            "{text}"
+        );
+        assert!(text.contains("Dataplane         -\n"), "{text}");
+        let text = render(
+            &json!({"policy": {"programmed": true, "dataplane": "nftables",
+                                             "configuredDataplane": "iptables"}}),
+        );
+        assert!(
+            text.contains(
+                "Dataplane         nftables (configured: iptables; not switched yet, see the errors)\n"
+            ),
+            "{text}"
+        );
+        let text = render(&json!({"policy": {"programmed": false, "dataplane": null,
+                                             "configuredDataplane": "iptables"}}));
+        assert!(
+            text.contains("Dataplane         iptables (nothing programmed yet)\n"),
             "{text}"
         );
     }

@@ -600,3 +600,52 @@ fn agent_configuration_resource_conversions() {
         Some(Kind::AgentConfiguration)
     );
 }
+
+#[test]
+fn dataplane_is_checked_by_name_and_a_node_can_choose_its_own() {
+    let err = decode(json!({
+        "apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+        "metadata": {"name": "default"}, "spec": {"dataplane": "ebpf"}
+    }))
+    .unwrap_err();
+    assert_eq!(err.field, "spec.dataplane");
+    assert_eq!(err.message, "\"ebpf\" is not one of nftables, iptables");
+    let err = decode(json!({
+        "apiVersion": "margay.dev/v1", "kind": "AgentConfiguration",
+        "metadata": {"name": "node.n1"}, "spec": {"dataplane": 1}
+    }))
+    .unwrap_err();
+    assert_eq!(err.field, "spec.dataplane");
+
+    // Case-insensitive like Calico's enums, printed canonically.
+    let node = agent(
+        decode(json!({
+            "apiVersion": "margay.dev/v1", "kind": "AgentConfiguration",
+            "metadata": {"name": "node.n1"}, "spec": {"dataplane": "IPTables"}
+        }))
+        .unwrap(),
+    );
+    assert_eq!(node.spec.dataplane, Some(Dataplane::Iptables));
+    let mut global = AgentConfiguration::new("default");
+    global.apply_defaults();
+    assert_eq!(global.spec.dataplane, Some(Dataplane::Nftables));
+    assert_eq!(
+        AgentConfiguration::effective(Some(&global), Some(&node)).dataplane(),
+        Dataplane::Iptables
+    );
+    assert_eq!(
+        AgentConfiguration::effective(Some(&global), None).dataplane(),
+        Dataplane::Nftables
+    );
+    global.spec.dataplane = Some(Dataplane::Iptables);
+    let mut other = AgentConfiguration::new("node.n2");
+    other.spec.dataplane = Some(Dataplane::Nftables);
+    assert_eq!(
+        AgentConfiguration::effective(Some(&global), Some(&other)).dataplane(),
+        Dataplane::Nftables
+    );
+    assert_eq!(
+        AgentConfiguration::effective(None, None).dataplane(),
+        Dataplane::Nftables
+    );
+}

@@ -1,10 +1,12 @@
-//! What `margay get/apply/create/replace/delete` do, independent of argument parsing.
+//! What `margay get/apply/create/replace/delete`, `ipam`, `policy` and `trace` do,
+//! independent of argument parsing.
 
 pub mod input;
 pub mod ipam;
 pub mod output;
 pub mod policy;
 pub mod resources;
+pub mod trace;
 
 pub use input::{decode_all, read_sources, SourceDoc};
 pub use output::OutputFormat;

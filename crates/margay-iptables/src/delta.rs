@@ -1,6 +1,6 @@
 //! From one rendering to another: only the chains whose rules changed, and set members.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use crate::rendered::{same_rules, set_references, write_hooks, write_rules, write_set};
@@ -97,17 +97,21 @@ pub fn changed_chains(old: &Rendered, new: &Rendered) -> Delta {
     }
 
     // Chains using a set that is created again must let go of it first.
-    let released: BTreeSet<&str> = old
-        .chains
-        .iter()
-        .filter(|c| {
-            c.rules
-                .iter()
-                .any(|r| set_references(&r.spec).any(|s| recreated.contains(s)))
-        })
-        .map(|c| c.name.as_str())
-        .collect();
+    let released: BTreeSet<&str> = if recreated.is_empty() {
+        BTreeSet::new()
+    } else {
+        old.chains
+            .iter()
+            .filter(|c| {
+                c.rules
+                    .iter()
+                    .any(|r| set_references(&r.spec).any(|s| recreated.contains(s)))
+            })
+            .map(|c| c.name.as_str())
+            .collect()
+    };
     let old_chains: HashMap<&str, _> = old.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let new_chains: HashSet<&str> = new.chains.iter().map(|c| c.name.as_str()).collect();
     let rewritten: Vec<_> = new
         .chains
         .iter()
@@ -122,7 +126,7 @@ pub fn changed_chains(old: &Rendered, new: &Rendered) -> Delta {
         .chains
         .iter()
         .map(|c| c.name.as_str())
-        .filter(|name| new.chain(name).is_none())
+        .filter(|name| !new_chains.contains(name))
         .collect();
     let hooks_same = old.hooks.len() == new.hooks.len()
         && old

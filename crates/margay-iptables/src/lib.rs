@@ -8,6 +8,8 @@
 //!   Margay owns in `FORWARD`, and the `mgy40…` (`mgy60…`) ipsets.
 //!   [`Rendered::iptables_restore`] and [`Rendered::ipset_restore`] are the inputs that
 //!   load it into a kernel that has none of it.
+//! - [`render_update`] gives the same rendering from the previous program and its rendering,
+//!   rendering again only the chains and sets whose part of the program changed.
 //! - [`changed_chains`] is the [`Delta`] from one rendering to another: an
 //!   `iptables-restore --noflush` input that rewrites only the chains whose rules changed,
 //!   creates the new ones and deletes those no longer used, and the `ipset restore` inputs
@@ -73,7 +75,7 @@ use std::net::IpAddr;
 pub use applier::Applier;
 pub use delta::{changed_chains, remove_all, Delta, Step};
 pub use fake::FakeIptables;
-pub use render::render;
+pub use render::{chain_name, render, render_update};
 pub use rendered::{Chain, Hook, Ipset, Rendered, Rule, SetHeader};
 pub use runner::{Backend, Iptables, IptablesCommand};
 

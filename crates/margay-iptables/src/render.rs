@@ -1,9 +1,15 @@
 //! A node's [`Program`] as Felix's iptables chains and ipsets (see the crate documentation
 //! for the layout). Mirrors margay-nft's `policy` module rule for rule.
 
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
 use ipnet::IpNet;
 use margay_api::{Action, IcmpFields, TierDefaultAction};
-use margay_policy::program::{EndMatch, Matches, Pipeline, PortMatch, Program, ProgramRule};
+use margay_policy::program::{
+    EndMatch, IpSet, LocalEndpoint, Matches, Pipeline, PolicyChain, PortMatch, PortSet,
+    ProfileChain, Program, ProgramRule,
+};
 use margay_policy::PolicyRef;
 use sha2::{Digest, Sha256};
 
@@ -36,38 +42,11 @@ const PORT_PROTOCOLS: [u8; 3] = [6, 17, 132];
 pub fn render(program: &Program, family: Family) -> Rendered {
     let mut r = Rendered::empty(family);
     for (id, set) in &program.ip_sets {
-        let members = set
-            .members
-            .iter()
-            .filter(|n| family.holds(n.addr()))
-            .flat_map(|n| ipset_nets(*n))
-            .map(net_member)
-            .collect();
-        r.sets.insert(
-            set_name(family, id),
-            Ipset {
-                header: SetHeader::new("hash:net", family),
-                members,
-            },
-        );
+        r.sets
+            .insert(set_name(family, id), address_set(set, family));
     }
     for (id, set) in &program.port_sets {
-        let members = set
-            .members
-            .iter()
-            .filter(|m| family.holds(m.ip))
-            .map(|m| {
-                let protocol = m.protocol.to_string().to_ascii_lowercase();
-                format!("{},{protocol}:{}", m.ip, m.port)
-            })
-            .collect();
-        r.sets.insert(
-            set_name(family, id),
-            Ipset {
-                header: SetHeader::new("hash:ip,port", family),
-                members,
-            },
-        );
+        r.sets.insert(set_name(family, id), port_set(set, family));
     }
 
     r.chains.push(forward_chain(program));
@@ -75,32 +54,215 @@ pub fn render(program: &Program, family: Family) -> Rendered {
     r.chains.push(dispatch_chain(program, Direction::To));
     for (iface, ep) in &program.endpoints {
         for direction in [Direction::From, Direction::To] {
-            let (pipeline, what) = match direction {
-                Direction::From => (&ep.egress, "egress"),
-                Direction::To => (&ep.ingress, "ingress"),
-            };
-            r.chains.push(endpoint_chain(
-                direction.endpoint_chain(iface),
-                &format!("{} {what}", ep.id),
-                pipeline,
-                program,
-            ));
+            r.chains.push(workload_chain(iface, ep, direction, program));
         }
     }
     for (id, chain) in &program.policies {
-        let log = format!("{}/{}", chain.tier, policy_name(&chain.policy));
-        let owner = format!("tier {} policy {}", chain.tier, policy_name(&chain.policy));
-        r.chains
-            .push(rule_chain(id, &chain.rules, &log, &owner, false, family));
+        r.chains.push(policy_chain(id, chain, family));
     }
     for (id, chain) in &program.profiles {
-        let log = format!("profile/{}", chain.profile);
-        let owner = format!("profile {}", chain.profile);
-        r.chains
-            .push(rule_chain(id, &chain.rules, &log, &owner, true, family));
+        r.chains.push(profile_chain(id, chain, family));
     }
     r.hooks = hooks();
     r
+}
+
+/// The rendering of `program` in `old`'s family, given that `old` is the rendering of
+/// `old_program` ([`render`]`(old_program, family)`): exactly [`render`]`(program,
+/// family)`, but the chains and sets whose part of the program did not change are taken
+/// from `old` instead of being rendered again. After one change of a large program, this
+/// renders a few chains instead of thousands.
+pub fn render_update(old_program: &Program, old: &Rendered, program: &Program) -> Rendered {
+    let family = old.family;
+    let mut r = Rendered::empty(family);
+    // A name shortened with a hash could be shared; only unshortened names are reused.
+    let reusable = |prefix: &str, id: &str, name: &str| name.len() == prefix.len() + id.len();
+    for (id, set) in &program.ip_sets {
+        let name = set_name(family, id);
+        let kept = old_program
+            .ip_sets
+            .get(id)
+            .filter(|was| was.members == set.members)
+            .and_then(|_| old.sets.get(&name))
+            .filter(|_| reusable(family.set_prefix(), id, &name));
+        let set = kept.cloned().unwrap_or_else(|| address_set(set, family));
+        r.sets.insert(name, set);
+    }
+    for (id, set) in &program.port_sets {
+        let name = set_name(family, id);
+        let kept = old_program
+            .port_sets
+            .get(id)
+            .filter(|was| was.members == set.members)
+            .filter(|_| !old_program.ip_sets.contains_key(id))
+            .and_then(|_| old.sets.get(&name))
+            .filter(|_| reusable(family.set_prefix(), id, &name));
+        let set = kept.cloned().unwrap_or_else(|| port_set(set, family));
+        r.sets.insert(name, set);
+    }
+
+    let mut by_name: HashMap<&str, Option<&Chain>> = HashMap::with_capacity(old.chains.len());
+    for chain in &old.chains {
+        by_name
+            .entry(chain.name.as_str())
+            .and_modify(|c| *c = None)
+            .or_insert(Some(chain));
+    }
+    let old_chain = |id: &str| {
+        let name = chain_name(id);
+        by_name
+            .get(name.as_str())
+            .copied()
+            .flatten()
+            .filter(|_| reusable(CHAIN_PREFIX, id, &name))
+            .cloned()
+    };
+
+    r.chains.push(forward_chain(program));
+    let same_dispatch = old_program.endpoints.len() == program.endpoints.len()
+        && old_program
+            .endpoints
+            .iter()
+            .zip(&program.endpoints)
+            .all(|((a, x), (b, y))| a == b && x.id == y.id);
+    for direction in [Direction::From, Direction::To] {
+        let kept = same_dispatch
+            .then(|| {
+                by_name
+                    .get(direction.dispatch())
+                    .copied()
+                    .flatten()
+                    .cloned()
+            })
+            .flatten();
+        r.chains
+            .push(kept.unwrap_or_else(|| dispatch_chain(program, direction)));
+    }
+
+    // Policies and profiles whose name, as endpoint chains' comments show it, changed.
+    let mut renamed: HashSet<&str> = HashSet::new();
+    for (id, chain) in &old_program.policies {
+        if program.policies.get(id).map(|c| &c.policy) != Some(&chain.policy) {
+            renamed.insert(id);
+        }
+    }
+    for id in program.policies.keys() {
+        if !old_program.policies.contains_key(id) {
+            renamed.insert(id);
+        }
+    }
+    for (id, chain) in &old_program.profiles {
+        if program.profiles.get(id).map(|c| &c.profile) != Some(&chain.profile) {
+            renamed.insert(id);
+        }
+    }
+    for id in program.profiles.keys() {
+        if !old_program.profiles.contains_key(id) {
+            renamed.insert(id);
+        }
+    }
+    let mentions_renamed = |pipeline: &Pipeline| {
+        !renamed.is_empty()
+            && pipeline
+                .tiers
+                .iter()
+                .flat_map(|t| &t.policies)
+                .chain(&pipeline.profiles)
+                .any(|id| renamed.contains(id.as_str()))
+    };
+    for (iface, ep) in &program.endpoints {
+        let was = old_program.endpoints.get(iface);
+        for direction in [Direction::From, Direction::To] {
+            let unchanged = was.is_some_and(|was| {
+                was.id == ep.id
+                    && direction.pipeline(was) == direction.pipeline(ep)
+                    && !mentions_renamed(direction.pipeline(ep))
+            });
+            let id = direction.endpoint_id(iface);
+            let kept = unchanged.then(|| old_chain(&id)).flatten();
+            r.chains
+                .push(kept.unwrap_or_else(|| workload_chain(iface, ep, direction, program)));
+        }
+    }
+    for (id, chain) in &program.policies {
+        let kept = (old_program.policies.get(id) == Some(chain))
+            .then(|| old_chain(id))
+            .flatten();
+        r.chains
+            .push(kept.unwrap_or_else(|| policy_chain(id, chain, family)));
+    }
+    for (id, chain) in &program.profiles {
+        let kept = (old_program.profiles.get(id) == Some(chain))
+            .then(|| old_chain(id))
+            .flatten();
+        r.chains
+            .push(kept.unwrap_or_else(|| profile_chain(id, chain, family)));
+    }
+    r.hooks = hooks();
+    r
+}
+
+/// An address set's members in `family`.
+fn address_set(set: &IpSet, family: Family) -> Ipset {
+    let members = set
+        .members
+        .iter()
+        .filter(|n| family.holds(n.addr()))
+        .flat_map(|n| ipset_nets(*n))
+        .map(net_member)
+        .collect();
+    Ipset {
+        header: SetHeader::new("hash:net", family),
+        members,
+    }
+}
+
+/// A named-port set's members in `family`.
+fn port_set(set: &PortSet, family: Family) -> Ipset {
+    let members = set
+        .members
+        .iter()
+        .filter(|m| family.holds(m.ip))
+        .map(|m| {
+            let protocol = m.protocol.to_string().to_ascii_lowercase();
+            format!("{},{protocol}:{}", m.ip, m.port)
+        })
+        .collect();
+    Ipset {
+        header: SetHeader::new("hash:ip,port", family),
+        members,
+    }
+}
+
+/// `mgy-fw-<iface>` (egress) or `mgy-tw-<iface>` (ingress).
+fn workload_chain(
+    iface: &str,
+    ep: &LocalEndpoint,
+    direction: Direction,
+    program: &Program,
+) -> Chain {
+    let what = match direction {
+        Direction::From => "egress",
+        Direction::To => "ingress",
+    };
+    endpoint_chain(
+        direction.endpoint_chain(iface),
+        &format!("{} {what}", ep.id),
+        direction.pipeline(ep),
+        program,
+    )
+}
+
+fn policy_chain(id: &str, chain: &PolicyChain, family: Family) -> Chain {
+    let log = format!("{}/{}", chain.tier, policy_name(&chain.policy));
+    let owner = format!("tier {} policy {}", chain.tier, policy_name(&chain.policy));
+    rule_chain(id, &chain.rules, &log, &owner, false, family)
+}
+
+fn profile_chain(id: &str, chain: &ProfileChain, family: Family) -> Chain {
+    let log = format!("profile/{}", chain.profile);
+    let owner = format!("profile {}", chain.profile);
+    rule_chain(id, &chain.rules, &log, &owner, true, family)
 }
 
 /// `FORWARD`'s jump to [`FORWARD_CHAIN`] (inserted at the top) and, appended, Felix's
@@ -128,7 +290,7 @@ fn hooks() -> Vec<Hook> {
 }
 
 /// The chain of a program id (`pi-…`, `fw-mgy…`): `mgy-<id>`, shortened to 28 characters.
-pub(crate) fn chain_name(id: &str) -> String {
+pub fn chain_name(id: &str) -> String {
     short_name(CHAIN_PREFIX, id, MAX_CHAIN)
 }
 
@@ -180,10 +342,23 @@ enum Direction {
 }
 
 impl Direction {
-    fn endpoint_chain(self, iface: &str) -> String {
+    /// The program-side id of the endpoint chain: `fw-<iface>`, `tw-<iface>`.
+    fn endpoint_id(self, iface: &str) -> String {
         match self {
-            Direction::From => chain_name(&format!("fw-{iface}")),
-            Direction::To => chain_name(&format!("tw-{iface}")),
+            Direction::From => format!("fw-{iface}"),
+            Direction::To => format!("tw-{iface}"),
+        }
+    }
+
+    fn endpoint_chain(self, iface: &str) -> String {
+        chain_name(&self.endpoint_id(iface))
+    }
+
+    /// The pipeline enforced in this direction: egress from a workload, ingress to it.
+    fn pipeline(self, ep: &LocalEndpoint) -> &Pipeline {
+        match self {
+            Direction::From => &ep.egress,
+            Direction::To => &ep.ingress,
         }
     }
 
@@ -447,33 +622,45 @@ impl Spec {
     }
 
     /// The rule as `iptables-save` prints it, with the hash comment when given.
+    #[cfg(test)]
     fn text(&self, hash: Option<&str>, comment: &str) -> String {
+        let (before, after) = self.text_around(comment);
+        match hash {
+            Some(hash) => format!("{before}{} {after}", hash_comment(hash)),
+            None => format!("{before}{after}"),
+        }
+    }
+
+    /// The rule's text before where the hash comment goes (ending with a space, or empty)
+    /// and from the other comment on.
+    fn text_around(&self, comment: &str) -> (String, String) {
         let not = |negated: bool| if negated { "! " } else { "" };
-        let mut parts = Vec::new();
+        let mut before = String::new();
         if let Some((negated, net)) = self.source {
-            parts.push(format!("{}-s {}", not(negated), net.trunc()));
+            let _ = write!(before, "{}-s {} ", not(negated), net.trunc());
         }
         if let Some((negated, net)) = self.destination {
-            parts.push(format!("{}-d {}", not(negated), net.trunc()));
+            let _ = write!(before, "{}-d {} ", not(negated), net.trunc());
         }
         if let Some(iface) = &self.in_interface {
-            parts.push(format!("-i {iface}"));
+            let _ = write!(before, "-i {iface} ");
         }
         if let Some(iface) = &self.out_interface {
-            parts.push(format!("-o {iface}"));
+            let _ = write!(before, "-o {iface} ");
         }
         if let Some((negated, p)) = self.protocol {
-            parts.push(format!("{}-p {}", not(negated), protocol_name(p)));
+            let _ = write!(before, "{}-p {} ", not(negated), protocol_name(p));
         }
-        if let Some(hash) = hash {
-            parts.push(hash_comment(hash));
+        let mut after = format!("-m comment --comment {}", save_string(comment));
+        for m in &self.matches {
+            after.push(' ');
+            after.push_str(m);
         }
-        parts.push(format!("-m comment --comment {}", save_string(comment)));
-        parts.extend(self.matches.iter().cloned());
         if !self.target.is_empty() {
-            parts.push(self.target.clone());
+            after.push(' ');
+            after.push_str(&self.target);
         }
-        parts.join(" ")
+        (before, after)
     }
 }
 
@@ -493,9 +680,14 @@ fn protocol_name(p: u8) -> String {
 /// A rule with its hash comment, after the rule whose hash is `previous`.
 fn hashed(chain: &str, previous: &str, spec: &Spec, comment: &str) -> Rule {
     let comment = sanitized(comment, MAX_COMMENT);
-    let hash = rule_hash(chain, previous, &spec.text(None, &comment));
+    let (before, after) = spec.text_around(&comment);
+    let mut text = before;
+    let hashed_from = text.len();
+    text.push_str(&after);
+    let hash = rule_hash(chain, previous, &text);
+    text.insert_str(hashed_from, &format!("{} ", hash_comment(&hash)));
     Rule {
-        spec: spec.text(Some(&hash), &comment),
+        spec: text,
         hash: Some(hash),
     }
 }

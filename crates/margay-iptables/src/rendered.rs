@@ -327,8 +327,16 @@ fn hash_of(spec: &str) -> Option<String> {
 }
 
 pub(crate) fn hex(bytes: &[u8], digits: usize) -> String {
-    let mut s: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    s.truncate(digits);
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(digits);
+    for b in bytes {
+        for nibble in [b >> 4, b & 0xf] {
+            if s.len() == digits {
+                return s;
+            }
+            s.push(char::from(DIGITS[usize::from(nibble)]));
+        }
+    }
     s
 }
 

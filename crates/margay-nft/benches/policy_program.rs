@@ -1,24 +1,39 @@
 //! The CPU side of programming policy (issue 7) at the issue's scale: one node with 500
 //! workload endpoints and 1,000 policies. Times building the engine's model from the stored
-//! resources, computing the node's program, and rendering it for nftables; then the same
-//! work for one added policy and for one added endpoint, as the agent does on a change
-//! (whole rebuild, then `same_rules` decides between a table replace and set updates).
-//! The kernel's side (`nft -f`) and datastore → kernel latency are measured with the agent.
+//! resources, computing the node's program, and rendering it for nftables. Then, for single
+//! changes (a policy added or removed, an endpoint of this node added or removed, an
+//! endpoint of another node added), two ways of getting from the datastore's change to the
+//! nft script:
+//!
+//! - the full rebuild (what the agent did first): the model from every resource, the
+//!   program, `same_rules` choosing between set updates and a table replace (IPv4 only);
+//! - the incremental path: `Model::apply` of the one change, the program, and
+//!   `policy::update` for both tables (IPv4 and IPv6), with its phases;
+//!
+//! and `Model::sync` of a whole snapshot holding the change, for an agent that lists
+//! everything on each change. The iptables dataplane's CPU side is timed beside it: the full
+//! rendering, and `render_update` + `changed_chains` for each change. As root, the kernel's
+//! side is timed too, in a throwaway network namespace: `nft -f` of the whole tables and of
+//! each change's update script. Datastore → kernel latency is measured with the agent.
 //!
 //! `cargo bench -p margay-nft --bench policy_program`
 
 use std::time::{Duration, Instant};
 
 use margay_api::{decode, parse_documents, Resource};
-use margay_nft::policy::{render, same_rules, set_updates, AddressFamily};
+use margay_iptables::{changed_chains, render_update, Family};
+use margay_nft::policy::{render, same_rules, set_updates, update, AddressFamily};
+use margay_nft::{NftCommand, NftRunner};
 use margay_policy::program::{program, Program};
-use margay_policy::Cluster;
+use margay_policy::{Change, Cluster, Model, ResourceKey};
 
 const NODE: &str = "bench";
 const NAMESPACES: usize = 10;
 const ENDPOINTS: usize = 500;
 const POLICIES: usize = 1_000;
 const RUNS: usize = 30;
+/// Runs of the incremental path (it is fast; more runs make its p99 mean something).
+const INCREMENTAL_RUNS: usize = 200;
 
 fn endpoint(i: usize) -> String {
     let ns = i % NAMESPACES;
@@ -36,7 +51,7 @@ fn endpoint(i: usize) -> String {
     )
 }
 
-fn policy(i: usize) -> String {
+fn policy_yaml(i: usize) -> String {
     let ns = i % NAMESPACES;
     match i % 10 {
         // Calico NetworkPolicy with a Deny and an Allow.
@@ -75,7 +90,7 @@ fn resources(endpoints: usize, policies: usize) -> Vec<Resource> {
         text.push_str("---\n");
     }
     for i in 0..policies {
-        text.push_str(&policy(i));
+        text.push_str(&policy_yaml(i));
         text.push_str("---\n");
     }
     parse_documents(&text)
@@ -93,7 +108,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Model + program + (render or set updates), as the agent does after a change.
+/// Model + program + (render or set updates), as the agent first did after a change.
 fn change(before: &Program, all: Vec<Resource>) -> (Duration, bool) {
     let start = Instant::now();
     let cluster = Cluster::from_resources(all).expect("valid cluster");
@@ -111,10 +126,159 @@ fn change(before: &Program, all: Vec<Resource>) -> (Duration, bool) {
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort();
     println!(
-        "{what:<44} p50 {:>8.1} ms   p99 {:>8.1} ms",
+        "{what:<52} p50 {:>8.2} ms   p99 {:>8.2} ms",
         ms(percentile(&samples, 0.5)),
         ms(percentile(&samples, 0.99))
     );
+}
+
+/// One decoded resource of the generated cluster.
+fn one(yaml: &str) -> Resource {
+    let doc = parse_documents(yaml)
+        .expect("generated YAML parses")
+        .remove(0);
+    decode(doc).expect("generated document is valid").resource
+}
+
+/// A workload endpoint like [`endpoint`], on another node.
+fn remote_endpoint(i: usize) -> String {
+    endpoint(i)
+        .replace(&format!("node: {NODE}"), "node: elsewhere")
+        .replace(&format!("name: {NODE}-k8s-"), "name: elsewhere-k8s-")
+}
+
+/// One change and the change that undoes it.
+struct Scenario {
+    name: &'static str,
+    change: Change,
+    undo: Change,
+}
+
+fn scenarios(base: &[Resource]) -> Vec<Scenario> {
+    let key = |r: &Resource| ResourceKey::of_resource(r);
+    let upsert_then_delete = |name, r: Resource| Scenario {
+        name,
+        undo: Change::Delete(key(&r)),
+        change: Change::Upsert(r),
+    };
+    let delete_then_upsert = |name, r: Resource| Scenario {
+        name,
+        change: Change::Delete(key(&r)),
+        undo: Change::Upsert(r),
+    };
+    // The endpoint removed is one that policies select and sets hold.
+    let local = base
+        .iter()
+        .find(|r| matches!(r, Resource::WorkloadEndpoint(w) if w.metadata.name.contains("-p7-")))
+        .expect("endpoint 7")
+        .clone();
+    let policy = base
+        .iter()
+        .find(|r| r.metadata().name == "knp13")
+        .expect("policy 13")
+        .clone();
+    vec![
+        upsert_then_delete("one policy added", one(&policy_yaml(POLICIES))),
+        delete_then_upsert("one policy removed", policy),
+        upsert_then_delete("one endpoint added", one(&endpoint(ENDPOINTS))),
+        delete_then_upsert("one endpoint removed", local),
+        upsert_then_delete(
+            "one endpoint added on another node",
+            one(&remote_endpoint(ENDPOINTS + 1)),
+        ),
+    ]
+}
+
+const FAMILIES: [AddressFamily; 2] = [AddressFamily::Ipv4, AddressFamily::Ipv6];
+
+/// The incremental path for one scenario: apply, program, update scripts; then undone
+/// (not timed), so that every run starts from the same model. Then the iptables side, and
+/// the kernel's when there is one.
+fn incremental(model: &mut Model, before: &Program, scenario: &Scenario, kernel: Option<&Kernel>) {
+    let (mut applied, mut programmed, mut scripted, mut total) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut after = before.clone();
+    let mut script = String::new();
+    for _ in 0..INCREMENTAL_RUNS {
+        let t0 = Instant::now();
+        model.apply(scenario.change.clone()).expect("valid cluster");
+        let t1 = Instant::now();
+        after = program(model.cluster().expect("valid cluster"), NODE);
+        let t2 = Instant::now();
+        script = FAMILIES
+            .iter()
+            .map(|&f| update(before, &after, f))
+            .collect();
+        let t3 = Instant::now();
+        applied.push(t1 - t0);
+        programmed.push(t2 - t1);
+        scripted.push(t3 - t2);
+        total.push(t3 - t0);
+        model.apply(scenario.undo.clone()).expect("valid cluster");
+    }
+    let name = scenario.name;
+    println!(
+        "incremental: {name} ({} lines of nft, both tables)",
+        script.lines().count()
+    );
+    report("  Model::apply", applied);
+    report("  program for the node", programmed);
+    report("  policy::update, IPv4 and IPv6", scripted);
+    report("  total (CPU, before nft -f)", total);
+
+    let rendered = [Family::V4, Family::V6].map(|f| margay_iptables::render(before, f));
+    let mut iptables = Vec::new();
+    for _ in 0..RUNS {
+        let t0 = Instant::now();
+        for old in &rendered {
+            let new = render_update(before, old, &after);
+            std::hint::black_box(changed_chains(old, &new));
+        }
+        iptables.push(t0.elapsed());
+    }
+    report("  iptables: render_update + changed_chains, both", iptables);
+
+    if let Some(kernel) = kernel {
+        let mut loaded = Vec::new();
+        for _ in 0..KERNEL_RUNS {
+            kernel.load(before);
+            let t0 = Instant::now();
+            kernel.run(&script);
+            loaded.push(t0.elapsed());
+        }
+        report("  kernel: nft -f of the update", loaded);
+    }
+}
+
+const KERNEL_RUNS: usize = 10;
+
+/// A throwaway network namespace to time `nft -f` in (deleted on drop).
+struct Kernel {
+    ns: margay_testkit::netns::TestNs,
+}
+
+impl Kernel {
+    /// `None` unless this process is root and has nft.
+    fn new() -> Option<Kernel> {
+        let nft = std::process::Command::new("nft").arg("--version").output();
+        (margay_sys::process::is_root() && nft.is_ok()).then(|| Kernel {
+            ns: margay_testkit::netns::TestNs::new("mgybench"),
+        })
+    }
+
+    fn run(&self, script: &str) {
+        if !script.is_empty() {
+            NftCommand::in_netns(self.ns.name())
+                .run(script)
+                .expect("nft accepts the script");
+        }
+    }
+
+    /// Both tables replaced by `program`'s.
+    fn load(&self, program: &Program) {
+        let script: String = FAMILIES.iter().map(|&f| render(program, f)).collect();
+        self.run(&script);
+    }
 }
 
 fn main() {
@@ -165,6 +329,57 @@ fn main() {
         let (took, _) = change(&before, with_endpoint);
         add_endpoint.push(took);
     }
-    report("incremental: one policy added", add_policy);
-    report("incremental: one endpoint added", add_endpoint);
+    report("full rebuild: one policy added", add_policy);
+    report("full rebuild: one endpoint added", add_endpoint);
+
+    let mut iptables = Vec::new();
+    for _ in 0..RUNS.min(10) {
+        let t0 = Instant::now();
+        for family in [Family::V4, Family::V6] {
+            std::hint::black_box(margay_iptables::render(&before, family));
+        }
+        iptables.push(t0.elapsed());
+    }
+    report("full: iptables render, IPv4 and IPv6", iptables);
+
+    let kernel = Kernel::new();
+    match &kernel {
+        Some(kernel) => {
+            let mut loads = Vec::new();
+            for _ in 0..KERNEL_RUNS {
+                let t0 = Instant::now();
+                kernel.load(&before);
+                loads.push(t0.elapsed());
+            }
+            report("kernel: nft -f of both whole tables", loads);
+        }
+        None => println!("kernel: skipped (needs root and nft)"),
+    }
+
+    let t0 = Instant::now();
+    let mut model = Model::from_resources(base.clone(), true).expect("no duplicates");
+    println!(
+        "Model::from_resources (once, at start)               {:>8.2} ms",
+        ms(t0.elapsed())
+    );
+    assert_eq!(
+        program(model.cluster().expect("valid cluster"), NODE),
+        before
+    );
+    for scenario in scenarios(&base) {
+        incremental(&mut model, &before, &scenario, kernel.as_ref());
+    }
+
+    // An agent that lists every resource on each change: the snapshot, diffed.
+    let mut with_policy = base.clone();
+    with_policy.push(one(&policy_yaml(POLICIES)));
+    let mut synced = Vec::new();
+    for _ in 0..RUNS {
+        let snapshot = with_policy.clone();
+        let t0 = Instant::now();
+        model.sync(snapshot).expect("valid cluster");
+        synced.push(t0.elapsed());
+        model.sync(base.clone()).expect("valid cluster");
+    }
+    report("Model::sync of a snapshot with one policy added", synced);
 }

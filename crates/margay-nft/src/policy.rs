@@ -50,7 +50,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use margay_api::{Action, IcmpFields, TierDefaultAction};
-use margay_policy::program::{EndMatch, Matches, Pipeline, PortMatch, Program, ProgramRule};
+use margay_policy::program::{
+    EndMatch, IpSet, LocalEndpoint, Matches, Pipeline, PolicyChain, PortMatch, PortSet,
+    ProfileChain, Program, ProgramRule,
+};
 use margay_policy::PolicyRef;
 
 use crate::ruleset::{
@@ -125,73 +128,38 @@ pub fn render(program: &Program, family: AddressFamily) -> String {
 
 /// Whether `old` and `new` render the same rules, chains and maps in `family`, so that going
 /// from one to the other only changes set members, which [`set_updates`] does in place.
+///
+/// Programs are compared as data; only chains whose data differ are rendered, to tell
+/// whether they render the same in `family` (a rule of the other family, a comment that
+/// differs past what nft keeps).
 pub fn same_rules(old: &Program, new: &Program, family: AddressFamily) -> bool {
-    skeleton(old, family) == skeleton(new, family)
+    old.ip_sets.keys().eq(new.ip_sets.keys())
+        && old.port_sets.keys().eq(new.port_sets.keys())
+        && old.endpoints.keys().eq(new.endpoints.keys())
+        && update::chain_changes(old, new, family).is_empty()
 }
 
 /// The `nft -f` script that changes the members of the sets of a table loaded from `old`
 /// into those of `new`: `delete element` and `add element` commands only, empty when no
 /// member changed. Sets only one of the programs has are left alone, so this is the whole
-/// difference only when [`same_rules`] holds (otherwise, [`render`] `new`). nft refuses to
-/// delete an element that is not there: a table that no longer holds `old` (someone
-/// changed it) fails the script as a whole, and should be replaced with [`render`].
+/// difference only when [`same_rules`] holds (otherwise, [`update`] or [`render`] `new`).
+/// nft refuses to delete an element that is not there: a table that no longer holds `old`
+/// (someone changed it) fails the script as a whole, and should be replaced with
+/// [`render`].
 pub fn set_updates(old: &Program, new: &Program, family: AddressFamily) -> String {
-    table(new, family).render_element_updates(&table(old, family))
+    let (old, new) = update::changed_sets(old, new, family);
+    new.render_element_updates(&old)
 }
 
-/// The table without set members, rendered: what [`same_rules`] compares.
-fn skeleton(program: &Program, family: AddressFamily) -> String {
-    let mut t = table(program, family);
-    for set in &mut t.sets {
-        set.elements = set.elements.cleared();
-    }
-    let mut out = String::new();
-    t.render_replace(&mut out);
-    out
-}
-
-fn table(program: &Program, family: AddressFamily) -> Table {
+/// The policy table of `family` for `program`, as data: what [`render`] writes. `margay
+/// trace` reads chain names and rule positions from it.
+pub fn table(program: &Program, family: AddressFamily) -> Table {
     let mut t = Table::new(family.table_family(), POLICY_TABLE);
     for (id, set) in &program.ip_sets {
-        let members = set.members.iter().copied();
-        t.sets.push(match family {
-            AddressFamily::Ipv4 => Set::ipv4(
-                id,
-                members.filter_map(|n| match n {
-                    IpNet::V4(n) => Some(n),
-                    IpNet::V6(_) => None,
-                }),
-            ),
-            AddressFamily::Ipv6 => Set::ipv6(
-                id,
-                members.filter_map(|n| match n {
-                    IpNet::V6(n) => Some(n),
-                    IpNet::V4(_) => None,
-                }),
-            ),
-        });
+        t.sets.push(ip_set(id, set, family));
     }
     for (id, set) in &program.port_sets {
-        let members = set
-            .members
-            .iter()
-            .map(|m| (m.ip, m.protocol.number(), m.port));
-        t.sets.push(match family {
-            AddressFamily::Ipv4 => Set::ipv4_ports(
-                id,
-                members.filter_map(|(ip, p, port)| match ip {
-                    IpAddr::V4(ip) => Some((ip, p, port)),
-                    IpAddr::V6(_) => None,
-                }),
-            ),
-            AddressFamily::Ipv6 => Set::ipv6_ports(
-                id,
-                members.filter_map(|(ip, p, port)| match ip {
-                    IpAddr::V6(ip) => Some((ip, p, port)),
-                    IpAddr::V4(_) => None,
-                }),
-            ),
-        });
+        t.sets.push(port_set(id, set, family));
     }
     for (name, prefix) in [(FROM_WORKLOAD_MAP, "fw-"), (TO_WORKLOAD_MAP, "tw-")] {
         t.maps.push(InterfaceMap {
@@ -215,28 +183,91 @@ fn table(program: &Program, family: AddressFamily) -> Table {
         TO_WORKLOAD_MAP,
     ));
     for (iface, ep) in &program.endpoints {
-        t.chains.push(endpoint_chain(
-            format!("fw-{iface}"),
-            &format!("{} egress", ep.id),
-            &ep.egress,
-            program,
-        ));
-        t.chains.push(endpoint_chain(
-            format!("tw-{iface}"),
-            &format!("{} ingress", ep.id),
-            &ep.ingress,
-            program,
-        ));
+        t.chains.push(from_endpoint_chain(iface, ep, program));
+        t.chains.push(to_endpoint_chain(iface, ep, program));
     }
     for (id, chain) in &program.policies {
-        let log = format!("{}/{}", chain.tier, policy_name(&chain.policy));
-        t.chains.push(rule_chain(id, &chain.rules, &log, family));
+        t.chains.push(policy_chain(id, chain, family));
     }
     for (id, chain) in &program.profiles {
-        let log = format!("profile/{}", chain.profile);
-        t.chains.push(rule_chain(id, &chain.rules, &log, family));
+        t.chains.push(profile_chain(id, chain, family));
     }
     t
+}
+
+/// An address set: the members of `family`.
+fn ip_set(id: &str, set: &IpSet, family: AddressFamily) -> Set {
+    let members = set.members.iter().copied();
+    match family {
+        AddressFamily::Ipv4 => Set::ipv4(
+            id,
+            members.filter_map(|n| match n {
+                IpNet::V4(n) => Some(n),
+                IpNet::V6(_) => None,
+            }),
+        ),
+        AddressFamily::Ipv6 => Set::ipv6(
+            id,
+            members.filter_map(|n| match n {
+                IpNet::V6(n) => Some(n),
+                IpNet::V4(_) => None,
+            }),
+        ),
+    }
+}
+
+/// A named-port set: the members of `family`.
+fn port_set(id: &str, set: &PortSet, family: AddressFamily) -> Set {
+    let members = set
+        .members
+        .iter()
+        .map(|m| (m.ip, m.protocol.number(), m.port));
+    match family {
+        AddressFamily::Ipv4 => Set::ipv4_ports(
+            id,
+            members.filter_map(|(ip, p, port)| match ip {
+                IpAddr::V4(ip) => Some((ip, p, port)),
+                IpAddr::V6(_) => None,
+            }),
+        ),
+        AddressFamily::Ipv6 => Set::ipv6_ports(
+            id,
+            members.filter_map(|(ip, p, port)| match ip {
+                IpAddr::V6(ip) => Some((ip, p, port)),
+                IpAddr::V4(_) => None,
+            }),
+        ),
+    }
+}
+
+/// `fw-<iface>`: the endpoint's egress pipeline.
+fn from_endpoint_chain(iface: &str, ep: &LocalEndpoint, program: &Program) -> Chain {
+    endpoint_chain(
+        format!("fw-{iface}"),
+        &format!("{} egress", ep.id),
+        &ep.egress,
+        program,
+    )
+}
+
+/// `tw-<iface>`: the endpoint's ingress pipeline.
+fn to_endpoint_chain(iface: &str, ep: &LocalEndpoint, program: &Program) -> Chain {
+    endpoint_chain(
+        format!("tw-{iface}"),
+        &format!("{} ingress", ep.id),
+        &ep.ingress,
+        program,
+    )
+}
+
+fn policy_chain(id: &str, chain: &PolicyChain, family: AddressFamily) -> Chain {
+    let log = format!("{}/{}", chain.tier, policy_name(&chain.policy));
+    rule_chain(id, &chain.rules, &log, family)
+}
+
+fn profile_chain(id: &str, chain: &ProfileChain, family: AddressFamily) -> Chain {
+    let log = format!("profile/{}", chain.profile);
+    rule_chain(id, &chain.rules, &log, family)
 }
 
 /// `namespace/name`, or the name of a global policy.
@@ -621,6 +652,10 @@ fn braced(items: Vec<String>) -> String {
         _ => format!("{{ {} }}", items.join(", ")),
     }
 }
+
+mod update;
+
+pub use update::update;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! The resolved model: endpoints with the labels selectors see, tiers, compiled policies and
 //! profiles, and per endpoint the policies that apply to it in each direction.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -14,9 +15,9 @@ use margay_api::{
 use margay_selector::Expr;
 use serde::Serialize;
 
-use crate::compile::{self, CompiledPolicy, CompiledProfile};
+use crate::compile::{self, CompiledPolicy, CompiledProfile, Entity};
 use crate::eval::PolicyKind;
-use crate::{PolicyError, Protocol};
+use crate::{PolicyError, Protocol, ResourceKey};
 
 /// Labels Calico puts on every workload endpoint (and the namespace one on network sets).
 pub(crate) const LABEL_NAMESPACE: &str = "projectcalico.org/namespace";
@@ -83,8 +84,13 @@ pub struct NamedPort {
 
 /// What a rule selector stands for, as Felix programs it into an IP set: the endpoints it
 /// selects, and the CIDRs of the network sets it selects.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PeerSet {
+    /// The expression's structure as text (`{expr:?}`): what identifies the set, and what
+    /// sets are sorted by.
+    pub key: String,
+    /// The expression, kept to place endpoints and network sets that come later.
+    pub expr: Expr,
     /// The selector, with namespace, service account and namespace-selector scoping folded
     /// in, in canonical form: the set's definition.
     pub selector: String,
@@ -93,38 +99,48 @@ pub(crate) struct PeerSet {
 }
 
 /// A tier in evaluation order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CompiledTier {
     pub name: String,
     pub default_pass: bool,
 }
 
 /// The policies of one tier that apply to an endpoint in one direction, in order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct TierChain {
     pub tier: usize,
     pub policies: Vec<usize>,
 }
 
 /// A named set of networks with the labels rule selectors see on it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LabelledNets {
     pub labels: BTreeMap<String, String>,
     pub nets: Vec<IpNet>,
 }
 
 /// The resolved model every evaluation works on.
-#[derive(Debug, Clone)]
+///
+/// Clusters are equal when they resolve to the same endpoints, tiers, policies, profiles
+/// and sets. Sets are kept sorted by their definition and profiles by name, so the order
+/// policies happened to be compiled in does not show: the cluster a
+/// [`Model`](crate::Model) keeps change by change equals the one built at once from
+/// [`Model::resources`](crate::Model::resources).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     pub(crate) endpoints: Vec<Endpoint>,
-    by_id: HashMap<String, usize>,
-    by_ip: HashMap<IpAddr, usize>,
+    pub(crate) by_id: HashMap<String, usize>,
+    pub(crate) by_ip: HashMap<IpAddr, usize>,
     /// In evaluation order.
     pub(crate) tiers: Vec<CompiledTier>,
     /// Sorted by tier, then as within a tier.
     pub(crate) policies: Vec<CompiledPolicy>,
+    /// Sorted by name (stable: profiles given twice keep their order).
     pub(crate) profiles: Vec<CompiledProfile>,
+    /// Only those rules use, sorted by [`PeerSet::key`].
     pub(crate) sets: Vec<PeerSet>,
+    /// The network sets, namespaced ones first, which sets' nets come from.
+    pub(crate) network_sets: Vec<LabelledNets>,
     /// Per endpoint: `[ingress, egress]` chains, tiers in order.
     pub(crate) chains: Vec<[Vec<TierChain>; 2]>,
     /// Per endpoint: indices into `profiles`, in the endpoint's order.
@@ -139,19 +155,42 @@ pub(crate) fn direction_index(direction: PolicyType) -> usize {
     }
 }
 
-/// The resources sorted by kind, before anything is resolved.
+/// The resources sorted by kind, before anything is resolved, each list in the order given.
 #[derive(Default)]
-struct Inputs {
-    namespaces: Vec<Namespace>,
-    pods: Vec<Pod>,
-    workload_endpoints: Vec<WorkloadEndpoint>,
-    kubernetes_policies: Vec<KubernetesNetworkPolicy>,
-    policies: Vec<NetworkPolicy>,
-    global_policies: Vec<GlobalNetworkPolicy>,
-    tiers: Vec<Tier>,
-    profiles: Vec<Profile>,
-    network_sets: Vec<NetworkSet>,
-    global_network_sets: Vec<GlobalNetworkSet>,
+pub(crate) struct Inputs<'r> {
+    pub namespaces: Vec<&'r Namespace>,
+    pub pods: Vec<&'r Pod>,
+    pub workload_endpoints: Vec<&'r WorkloadEndpoint>,
+    pub kubernetes_policies: Vec<&'r KubernetesNetworkPolicy>,
+    pub policies: Vec<&'r NetworkPolicy>,
+    pub global_policies: Vec<&'r GlobalNetworkPolicy>,
+    pub tiers: Vec<&'r Tier>,
+    pub profiles: Vec<&'r Profile>,
+    pub network_sets: Vec<&'r NetworkSet>,
+    pub global_network_sets: Vec<&'r GlobalNetworkSet>,
+}
+
+impl<'r> Inputs<'r> {
+    /// `resources` (with their defaults applied) by kind; other kinds are left out.
+    pub fn of(resources: impl IntoIterator<Item = &'r Resource>) -> Inputs<'r> {
+        let mut inputs = Inputs::default();
+        for resource in resources {
+            match resource {
+                Resource::Namespace(o) => inputs.namespaces.push(o),
+                Resource::Pod(o) => inputs.pods.push(o),
+                Resource::WorkloadEndpoint(o) => inputs.workload_endpoints.push(o),
+                Resource::KubernetesNetworkPolicy(o) => inputs.kubernetes_policies.push(o),
+                Resource::NetworkPolicy(o) => inputs.policies.push(o),
+                Resource::GlobalNetworkPolicy(o) => inputs.global_policies.push(o),
+                Resource::Tier(o) => inputs.tiers.push(o),
+                Resource::Profile(o) => inputs.profiles.push(o),
+                Resource::NetworkSet(o) => inputs.network_sets.push(o),
+                Resource::GlobalNetworkSet(o) => inputs.global_network_sets.push(o),
+                _ => {}
+            }
+        }
+        inputs
+    }
 }
 
 /// `Kind ns/name` or `Kind name`, how errors name a resource.
@@ -160,6 +199,28 @@ pub(crate) fn describe(kind: Kind, namespace: Option<&str>, name: &str) -> Strin
         Some(ns) => format!("{} {ns}/{name}", kind.name()),
         None => format!("{} {name}", kind.name()),
     }
+}
+
+/// When a policy was found unusable: compiling it, or placing it in its tier. A build
+/// reports every compile error before every tier error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stage {
+    Compile,
+    Tier,
+}
+
+/// A policy a build left out.
+#[derive(Debug, Clone)]
+pub(crate) struct LeftOut {
+    pub key: ResourceKey,
+    pub stage: Stage,
+    pub error: PolicyError,
+}
+
+/// A cluster, and the policies left out of it in the order they were found.
+pub(crate) struct Built {
+    pub cluster: Cluster,
+    pub left_out: Vec<LeftOut>,
 }
 
 impl Cluster {
@@ -211,35 +272,62 @@ impl Cluster {
         resources: impl IntoIterator<Item = Resource>,
         skip_bad_policies: bool,
     ) -> Result<(Cluster, Vec<PolicyError>), PolicyError> {
-        let inputs = sort_inputs(resources)?;
+        let resources = sort_inputs(resources)?;
+        let built = Cluster::build_from(&Inputs::of(&resources), skip_bad_policies)?;
+        let skipped = built.left_out.into_iter().map(|l| l.error).collect();
+        Ok((built.cluster, skipped))
+    }
+
+    /// The cluster of `inputs` (defaults applied, no duplicates).
+    pub(crate) fn build_from(
+        inputs: &Inputs<'_>,
+        skip_bad_policies: bool,
+    ) -> Result<Built, PolicyError> {
         let namespaces = namespace_labels(&inputs.namespaces);
-        let explicit_profiles: HashMap<&str, &Profile> = inputs
-            .profiles
-            .iter()
-            .map(|p| (p.metadata.name.as_str(), p))
-            .collect();
-        let endpoints = build_endpoints(&inputs, &namespaces, &explicit_profiles);
-        let network_sets = build_network_sets(&inputs, &namespaces, &explicit_profiles);
+        let explicit_profiles = explicit_profiles(&inputs.profiles);
+        let endpoints = build_endpoints(
+            &inputs.pods,
+            &inputs.workload_endpoints,
+            &namespaces,
+            &explicit_profiles,
+        );
+        let network_sets = build_network_sets(
+            &inputs.network_sets,
+            &inputs.global_network_sets,
+            &namespaces,
+            &explicit_profiles,
+        );
 
         let mut builder = compile::Builder::new(&endpoints, &network_sets);
-        let mut skipped = Vec::new();
-        let mut keep = |compiled: Result<CompiledPolicy, PolicyError>| match compiled {
-            Ok(policy) => Ok(Some(policy)),
-            Err(e) if skip_bad_policies => {
-                skipped.push(e);
-                Ok(None)
+        let mut left_out = Vec::new();
+        let mut keep = |key: ResourceKey,
+                        compiled: Result<CompiledPolicy, PolicyError>|
+         -> Result<Option<CompiledPolicy>, PolicyError> {
+            match compiled {
+                Ok(policy) => Ok(Some(policy)),
+                Err(error) if skip_bad_policies => {
+                    left_out.push(LeftOut {
+                        key,
+                        stage: Stage::Compile,
+                        error,
+                    });
+                    Ok(None)
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
         };
         let mut policies = Vec::new();
         for knp in &inputs.kubernetes_policies {
-            policies.extend(keep(builder.kubernetes_policy(knp))?);
+            let key = ResourceKey::of(Kind::KubernetesNetworkPolicy, &knp.metadata);
+            policies.extend(keep(key, builder.kubernetes_policy(knp))?);
         }
         for np in &inputs.policies {
-            policies.extend(keep(builder.network_policy(np))?);
+            let key = ResourceKey::of(Kind::NetworkPolicy, &np.metadata);
+            policies.extend(keep(key, builder.network_policy(np))?);
         }
         for gnp in &inputs.global_policies {
-            policies.extend(keep(builder.global_network_policy(gnp))?);
+            let key = ResourceKey::of(Kind::GlobalNetworkPolicy, &gnp.metadata);
+            policies.extend(keep(key, builder.global_network_policy(gnp))?);
         }
         let referenced: HashSet<&str> = policies.iter().map(|p| p.tier_name.as_str()).collect();
         let tiers = build_tiers(&inputs.tiers, &referenced);
@@ -263,92 +351,59 @@ impl Cluster {
                     if !skip_bad_policies {
                         return Err(error);
                     }
-                    skipped.push(error);
+                    left_out.push(LeftOut {
+                        key: p.key.clone(),
+                        stage: Stage::Tier,
+                        error,
+                    });
                 }
             }
         }
         let mut policies = placed;
-        policies.sort_by(|a, b| {
-            a.tier.cmp(&b.tier).then_with(|| {
-                let order = |p: &CompiledPolicy| p.order.unwrap_or(f64::INFINITY);
-                order(a)
-                    .total_cmp(&order(b))
-                    .then_with(|| a.name.cmp(&b.name))
-                    .then_with(|| a.namespace.cmp(&b.namespace))
-                    .then_with(|| kind_rank(a.kind).cmp(&kind_rank(b.kind)))
-            })
-        });
+        policies.sort_by(policy_order);
 
         // Every given profile is compiled, used or not, so that its errors surface.
         let mut profiles = Vec::new();
-        let mut profile_index: HashMap<String, usize> = HashMap::new();
         for p in &inputs.profiles {
             profiles.push(builder.profile(p)?);
-            profile_index.insert(p.metadata.name.clone(), profiles.len() - 1);
         }
-        let mut endpoint_profiles = Vec::with_capacity(endpoints.len());
+        let mut given: HashSet<&str> = HashSet::new();
+        given.extend(inputs.profiles.iter().map(|p| p.metadata.name.as_str()));
         for ep in &endpoints {
-            let mut indices = Vec::with_capacity(ep.profiles.len());
             for name in &ep.profiles {
-                let index = match profile_index.get(name) {
-                    Some(i) => *i,
-                    None => {
-                        profiles.push(CompiledProfile::calico_default(name));
-                        profile_index.insert(name.clone(), profiles.len() - 1);
-                        profiles.len() - 1
-                    }
-                };
-                indices.push(index);
+                if given.insert(name) {
+                    profiles.push(CompiledProfile::calico_default(name));
+                }
             }
-            endpoint_profiles.push(indices);
         }
+        // The profiles sorted by name; each endpoint uses the last of a name (one given
+        // twice).
+        profiles.sort_by(|a, b| a.name.cmp(&b.name));
+        let endpoint_profiles = endpoints
+            .iter()
+            .map(|ep| profile_indices(&profiles, ep))
+            .collect();
 
         let chains = endpoints
             .iter()
-            .map(|ep| {
-                [PolicyType::Ingress, PolicyType::Egress].map(|direction| {
-                    let mut chain: Vec<TierChain> = Vec::new();
-                    for (i, p) in policies.iter().enumerate() {
-                        if !p.applies(direction) || !p.selector.matches(&ep.selector_labels) {
-                            continue;
-                        }
-                        match chain.last_mut() {
-                            Some(last) if last.tier == p.tier => last.policies.push(i),
-                            _ => chain.push(TierChain {
-                                tier: p.tier,
-                                policies: vec![i],
-                            }),
-                        }
-                    }
-                    chain
-                })
-            })
+            .map(|ep| endpoint_chains(&policies, &ep.selector_labels))
             .collect();
 
         let sets = builder.into_sets();
-        let by_id = endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, ep)| (ep.id.clone(), i))
-            .collect();
-        let mut by_ip = HashMap::new();
-        for (i, ep) in endpoints.iter().enumerate() {
-            for ip in &ep.ips {
-                by_ip.entry(*ip).or_insert(i);
-            }
-        }
-        let cluster = Cluster {
+        let mut cluster = Cluster {
+            by_id: index_by_id(&endpoints),
+            by_ip: index_by_ip(&endpoints),
             endpoints,
-            by_id,
-            by_ip,
             tiers,
             policies,
             profiles,
             sets,
+            network_sets,
             chains,
             endpoint_profiles,
         };
-        Ok((cluster, skipped))
+        cluster.canonicalize_sets();
+        Ok(Built { cluster, left_out })
     }
 
     /// Every endpoint, sorted by id (`namespace/name`).
@@ -370,6 +425,127 @@ impl Cluster {
     pub(crate) fn endpoint_with_ip(&self, ip: IpAddr) -> Option<usize> {
         self.by_ip.get(&ip).copied()
     }
+
+    /// Keeps only the sets some rule uses, sorted by key, so that a cluster does not depend
+    /// on the order its policies were compiled in, nor keep the sets of policies left out.
+    pub(crate) fn canonicalize_sets(&mut self) {
+        let n = self.sets.len();
+        let mut used = vec![false; n];
+        self.for_each_entity(|e| {
+            for set in [e.selector, e.not_selector].into_iter().flatten() {
+                used[set] = true;
+            }
+        });
+        let mut order: Vec<usize> = (0..n).filter(|&i| used[i]).collect();
+        order.sort_by(|&a, &b| self.sets[a].key.cmp(&self.sets[b].key));
+        if order.len() == n && order.iter().enumerate().all(|(i, &o)| i == o) {
+            return;
+        }
+        let mut remap = vec![usize::MAX; n];
+        for (new, &old) in order.iter().enumerate() {
+            remap[old] = new;
+        }
+        let mut old: Vec<Option<PeerSet>> = std::mem::take(&mut self.sets)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.sets = order.iter().filter_map(|&o| old[o].take()).collect();
+        self.for_each_entity(|e| {
+            for set in [&mut e.selector, &mut e.not_selector].into_iter().flatten() {
+                *set = remap[*set];
+            }
+        });
+    }
+
+    /// Calls `f` on both ends of every rule of every policy and profile.
+    fn for_each_entity(&mut self, mut f: impl FnMut(&mut Entity)) {
+        let policy_rules = self
+            .policies
+            .iter_mut()
+            .flat_map(|p| [p.ingress.as_mut(), p.egress.as_mut()])
+            .flatten();
+        let profile_rules = self
+            .profiles
+            .iter_mut()
+            .flat_map(|p| [&mut p.ingress, &mut p.egress]);
+        for rules in policy_rules.chain(profile_rules) {
+            for rule in rules {
+                f(&mut rule.source);
+                f(&mut rule.destination);
+            }
+        }
+    }
+}
+
+/// The order of policies: by tier, then order (missing: last), name, namespace and kind.
+/// Policies equal in all of these (possible only with names that Calico's tier prefixing
+/// makes equal) keep the order they were given in.
+pub(crate) fn policy_order(a: &CompiledPolicy, b: &CompiledPolicy) -> Ordering {
+    a.tier.cmp(&b.tier).then_with(|| {
+        let order = |p: &CompiledPolicy| p.order.unwrap_or(f64::INFINITY);
+        order(a)
+            .total_cmp(&order(b))
+            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| a.namespace.cmp(&b.namespace))
+            .then_with(|| kind_rank(a.kind).cmp(&kind_rank(b.kind)))
+    })
+}
+
+/// The policies that apply to an endpoint with these labels, per direction (`[ingress,
+/// egress]`), grouped by tier, in order.
+pub(crate) fn endpoint_chains(
+    policies: &[CompiledPolicy],
+    labels: &BTreeMap<String, String>,
+) -> [Vec<TierChain>; 2] {
+    let mut chains: [Vec<TierChain>; 2] = [Vec::new(), Vec::new()];
+    for (i, p) in policies.iter().enumerate() {
+        let applies = [PolicyType::Ingress, PolicyType::Egress].map(|d| p.applies(d));
+        if applies == [false, false] || !p.selector.matches(labels) {
+            continue;
+        }
+        for (chain, _) in chains.iter_mut().zip(applies).filter(|(_, a)| *a) {
+            match chain.last_mut() {
+                Some(last) if last.tier == p.tier => last.policies.push(i),
+                _ => chain.push(TierChain {
+                    tier: p.tier,
+                    policies: vec![i],
+                }),
+            }
+        }
+    }
+    chains
+}
+
+/// The indices (into `profiles`, sorted by name) of an endpoint's profiles: the last
+/// profile of each name.
+pub(crate) fn profile_indices(profiles: &[CompiledProfile], ep: &Endpoint) -> Vec<usize> {
+    ep.profiles
+        .iter()
+        .map(|name| {
+            let end = profiles.partition_point(|p| p.name.as_str() <= name.as_str());
+            debug_assert!(end > 0 && profiles[end - 1].name == *name);
+            end - 1
+        })
+        .collect()
+}
+
+pub(crate) fn index_by_id(endpoints: &[Endpoint]) -> HashMap<String, usize> {
+    endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| (ep.id.clone(), i))
+        .collect()
+}
+
+/// Each address to the first endpoint (by id) that has it.
+pub(crate) fn index_by_ip(endpoints: &[Endpoint]) -> HashMap<IpAddr, usize> {
+    let mut by_ip = HashMap::new();
+    for (i, ep) in endpoints.iter().enumerate() {
+        for ip in &ep.ips {
+            by_ip.entry(*ip).or_insert(i);
+        }
+    }
+    by_ip
 }
 
 /// The final tie-break between equally ordered, equally named policies.
@@ -381,54 +557,52 @@ fn kind_rank(kind: PolicyKind) -> u8 {
     }
 }
 
-fn sort_inputs(resources: impl IntoIterator<Item = Resource>) -> Result<Inputs, PolicyError> {
-    let mut inputs = Inputs::default();
+/// The kinds [`Cluster::from_resources`] reads.
+pub(crate) fn relevant(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Namespace
+            | Kind::Pod
+            | Kind::WorkloadEndpoint
+            | Kind::KubernetesNetworkPolicy
+            | Kind::NetworkPolicy
+            | Kind::GlobalNetworkPolicy
+            | Kind::Tier
+            | Kind::Profile
+            | Kind::NetworkSet
+            | Kind::GlobalNetworkSet
+    )
+}
+
+/// The resources of the kinds read, in the order given, with their defaults applied.
+fn sort_inputs(
+    resources: impl IntoIterator<Item = Resource>,
+) -> Result<Vec<Resource>, PolicyError> {
+    let mut kept = Vec::new();
     let mut seen = HashSet::new();
     for mut resource in resources {
         let kind = resource.kind();
-        let meta = resource.metadata();
-        let key = (kind, meta.namespace.clone(), meta.name.clone());
-        let relevant = matches!(
-            kind,
-            Kind::Namespace
-                | Kind::Pod
-                | Kind::WorkloadEndpoint
-                | Kind::KubernetesNetworkPolicy
-                | Kind::NetworkPolicy
-                | Kind::GlobalNetworkPolicy
-                | Kind::Tier
-                | Kind::Profile
-                | Kind::NetworkSet
-                | Kind::GlobalNetworkSet
-        );
-        if !relevant {
+        if !relevant(kind) {
             continue;
         }
+        let meta = resource.metadata();
+        let key = (kind, meta.namespace.clone(), meta.name.clone());
         if !seen.insert(key) {
             return Err(PolicyError::Duplicate {
                 resource: describe(kind, meta.namespace.as_deref(), &meta.name),
             });
         }
         resource.apply_defaults();
-        match resource {
-            Resource::Namespace(o) => inputs.namespaces.push(o),
-            Resource::Pod(o) => inputs.pods.push(o),
-            Resource::WorkloadEndpoint(o) => inputs.workload_endpoints.push(o),
-            Resource::KubernetesNetworkPolicy(o) => inputs.kubernetes_policies.push(o),
-            Resource::NetworkPolicy(o) => inputs.policies.push(o),
-            Resource::GlobalNetworkPolicy(o) => inputs.global_policies.push(o),
-            Resource::Tier(o) => inputs.tiers.push(o),
-            Resource::Profile(o) => inputs.profiles.push(o),
-            Resource::NetworkSet(o) => inputs.network_sets.push(o),
-            Resource::GlobalNetworkSet(o) => inputs.global_network_sets.push(o),
-            _ => {}
-        }
+        kept.push(resource);
     }
-    Ok(inputs)
+    Ok(kept)
 }
 
+/// Namespace name → its labels.
+pub(crate) type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;
+
 /// Each namespace's labels, with the name label Kubernetes always sets.
-fn namespace_labels(namespaces: &[Namespace]) -> HashMap<String, BTreeMap<String, String>> {
+pub(crate) fn namespace_labels(namespaces: &[&Namespace]) -> NamespaceLabels {
     namespaces
         .iter()
         .map(|ns| {
@@ -442,11 +616,19 @@ fn namespace_labels(namespaces: &[Namespace]) -> HashMap<String, BTreeMap<String
         .collect()
 }
 
+/// The given profiles by name (the last of a name given twice).
+pub(crate) fn explicit_profiles<'r>(profiles: &[&'r Profile]) -> HashMap<&'r str, &'r Profile> {
+    profiles
+        .iter()
+        .map(|p| (p.metadata.name.as_str(), *p))
+        .collect()
+}
+
 /// The labels a profile gives the endpoints (and network sets) using it: Calico's generated
 /// ones for `kns.*` and `ksa.*`, overlaid with an explicit Profile's `labelsToApply`.
 fn profile_labels(
     profile: &str,
-    namespaces: &HashMap<String, BTreeMap<String, String>>,
+    namespaces: &NamespaceLabels,
     explicit: &HashMap<&str, &Profile>,
 ) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
@@ -480,17 +662,37 @@ struct Draft {
     ips_from_endpoint: bool,
 }
 
-fn build_endpoints(
-    inputs: &Inputs,
-    namespaces: &HashMap<String, BTreeMap<String, String>>,
+/// The id of the endpoint a Pod makes (when it is not on the host network).
+pub(crate) fn pod_endpoint_id(pod: &Pod) -> String {
+    format!("{}/{}", pod.namespace(), pod.metadata.name)
+}
+
+/// The id of the endpoint a WorkloadEndpoint belongs to.
+pub(crate) fn workload_endpoint_id(wep: &WorkloadEndpoint) -> String {
+    let spec = &wep.spec;
+    let namespace = wep.metadata.namespace.as_deref().unwrap_or("default");
+    let name = [&spec.pod, &spec.workload, &spec.container_id]
+        .into_iter()
+        .flatten()
+        .next()
+        .unwrap_or(&wep.metadata.name);
+    format!("{namespace}/{name}")
+}
+
+/// The endpoints of these pods and workload endpoints, sorted by id. Later pods of one id
+/// replace earlier ones; the workload endpoints of one id combine in order.
+pub(crate) fn build_endpoints(
+    pods: &[&Pod],
+    workload_endpoints: &[&WorkloadEndpoint],
+    namespaces: &NamespaceLabels,
     explicit_profiles: &HashMap<&str, &Profile>,
 ) -> Vec<Endpoint> {
     let mut drafts: BTreeMap<String, Draft> = BTreeMap::new();
-    for pod in inputs.pods.iter().filter(|p| !p.host_network()) {
+    for pod in pods.iter().filter(|p| !p.host_network()) {
         let namespace = pod.namespace().to_owned();
         let name = pod.metadata.name.clone();
         let sa = pod.service_account().to_owned();
-        let id = format!("{namespace}/{name}");
+        let id = pod_endpoint_id(pod);
         let endpoint = Endpoint {
             id: id.clone(),
             labels: pod.labels().clone(),
@@ -528,7 +730,7 @@ fn build_endpoints(
             },
         );
     }
-    for wep in &inputs.workload_endpoints {
+    for wep in workload_endpoints {
         let spec = &wep.spec;
         let namespace = wep.metadata.namespace.as_deref().unwrap_or("default");
         let name = [&spec.pod, &spec.workload, &spec.container_id]
@@ -627,12 +829,13 @@ fn build_endpoints(
 /// Network sets with the labels rule selectors see: a namespaced set also carries
 /// `projectcalico.org/namespace` and inherits its namespace's profile labels, so that a
 /// rule's `namespaceSelector` reaches it.
-fn build_network_sets(
-    inputs: &Inputs,
-    namespaces: &HashMap<String, BTreeMap<String, String>>,
+pub(crate) fn build_network_sets(
+    network_sets: &[&NetworkSet],
+    global_network_sets: &[&GlobalNetworkSet],
+    namespaces: &NamespaceLabels,
     explicit_profiles: &HashMap<&str, &Profile>,
 ) -> Vec<LabelledNets> {
-    let namespaced = inputs.network_sets.iter().map(|set| {
+    let namespaced = network_sets.iter().map(|set| {
         let ns = set.metadata.namespace.as_deref().unwrap_or("default");
         let mut labels = set.metadata.labels.clone();
         labels.insert(LABEL_NAMESPACE.to_owned(), ns.to_owned());
@@ -645,7 +848,7 @@ fn build_network_sets(
             nets: set.spec.nets.iter().map(IpNet::trunc).collect(),
         }
     });
-    let global = inputs.global_network_sets.iter().map(|set| LabelledNets {
+    let global = global_network_sets.iter().map(|set| LabelledNets {
         labels: set.metadata.labels.clone(),
         nets: set.spec.nets.iter().map(IpNet::trunc).collect(),
     });
@@ -655,7 +858,7 @@ fn build_network_sets(
 /// The given tiers plus Calico's built-in ones (`default` always, `kube-admin` and
 /// `kube-baseline` when a policy uses them, so traces do not list empty tiers), in evaluation
 /// order: by order (missing: last), then name.
-fn build_tiers(given: &[Tier], referenced: &HashSet<&str>) -> Vec<CompiledTier> {
+pub(crate) fn build_tiers(given: &[&Tier], referenced: &HashSet<&str>) -> Vec<CompiledTier> {
     let mut tiers: Vec<(Option<f64>, CompiledTier)> = given
         .iter()
         .map(|t| {

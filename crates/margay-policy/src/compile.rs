@@ -2,7 +2,7 @@
 //! backend combines them, rule selectors resolved into peer sets, and Kubernetes
 //! NetworkPolicies converted into Calico policies exactly as Calico's converter does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ipnet::IpNet;
 use margay_api::{
@@ -18,13 +18,13 @@ use crate::cluster::{
     LABEL_SERVICE_ACCOUNT, NAMESPACE_PREFIX, NAMESPACE_PROFILE_PREFIX, SERVICE_ACCOUNT_PREFIX,
 };
 use crate::eval::{PolicyKind, PolicyRef};
-use crate::PolicyError;
+use crate::{PolicyError, ResourceKey};
 
 /// The prefix Calico's converter gives the policies it makes from Kubernetes ones.
 const KUBERNETES_POLICY_PREFIX: &str = "knp.default.";
 
 /// One end of a rule, resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Entity {
     pub nets: Vec<IpNet>,
     pub not_nets: Vec<IpNet>,
@@ -35,7 +35,7 @@ pub(crate) struct Entity {
     pub not_ports: Vec<Port>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CompiledRule {
     pub action: Action,
     /// Where the rule came from in its resource, e.g. `spec.ingress[0].from[1]`.
@@ -53,8 +53,10 @@ pub(crate) struct CompiledRule {
     pub destination: Entity,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CompiledPolicy {
+    /// The resource it was compiled from.
+    pub key: ResourceKey,
     pub kind: PolicyKind,
     /// How errors name the resource: its kind and name as written (`NetworkPolicy x/allow`).
     pub resource: String,
@@ -93,7 +95,7 @@ impl CompiledPolicy {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CompiledProfile {
     pub name: String,
     pub ingress: Vec<CompiledRule>,
@@ -155,7 +157,7 @@ pub(crate) struct Builder<'a> {
     network_sets: &'a [LabelledNets],
     sets: Vec<PeerSet>,
     /// Identical selectors share one set (`PeerSet` is the costly part to build).
-    set_index: BTreeMap<String, usize>,
+    set_index: HashMap<String, usize>,
 }
 
 /// Which resource is being compiled, for error messages.
@@ -167,11 +169,25 @@ struct Context<'r> {
 
 impl<'a> Builder<'a> {
     pub fn new(endpoints: &'a [Endpoint], network_sets: &'a [LabelledNets]) -> Builder<'a> {
+        Builder::with_sets(endpoints, network_sets, Vec::new())
+    }
+
+    /// A builder that adds to `sets` (computed for these endpoints and network sets).
+    pub fn with_sets(
+        endpoints: &'a [Endpoint],
+        network_sets: &'a [LabelledNets],
+        sets: Vec<PeerSet>,
+    ) -> Builder<'a> {
+        let set_index = sets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key.clone(), i))
+            .collect();
         Builder {
             endpoints,
             network_sets,
-            sets: Vec::new(),
-            set_index: BTreeMap::new(),
+            sets,
+            set_index,
         }
     }
 
@@ -222,6 +238,7 @@ impl<'a> Builder<'a> {
         }
         let types = &spec.policy_types;
         Ok(CompiledPolicy {
+            key: ResourceKey::of(Kind::KubernetesNetworkPolicy, &knp.metadata),
             kind: PolicyKind::KubernetesNetworkPolicy,
             resource: resource.clone(),
             namespace: Some(namespace.to_owned()),
@@ -250,6 +267,7 @@ impl<'a> Builder<'a> {
         ])
         .unwrap_or(Expr::All);
         Ok(CompiledPolicy {
+            key: ResourceKey::of(Kind::NetworkPolicy, &np.metadata),
             kind: PolicyKind::NetworkPolicy,
             resource: resource.clone(),
             namespace: Some(namespace.to_owned()),
@@ -295,6 +313,7 @@ impl<'a> Builder<'a> {
         ])
         .unwrap_or(Expr::All);
         Ok(CompiledPolicy {
+            key: ResourceKey::of(Kind::GlobalNetworkPolicy, &gnp.metadata),
             kind: PolicyKind::GlobalNetworkPolicy,
             resource: resource.clone(),
             namespace: None,
@@ -424,23 +443,29 @@ impl<'a> Builder<'a> {
             return *i;
         }
         let set = PeerSet {
+            key: key.clone(),
             selector: canonical(&expr),
             endpoints: self
                 .endpoints
                 .iter()
                 .map(|ep| expr.matches(&ep.selector_labels))
                 .collect(),
-            nets: self
-                .network_sets
-                .iter()
-                .filter(|set| expr.matches(&set.labels))
-                .flat_map(|set| set.nets.iter().copied())
-                .collect(),
+            nets: set_nets(&expr, self.network_sets),
+            expr,
         };
         self.sets.push(set);
         self.set_index.insert(key, self.sets.len() - 1);
         self.sets.len() - 1
     }
+}
+
+/// The nets of the network sets `expr` selects, in order.
+pub(crate) fn set_nets(expr: &Expr, network_sets: &[LabelledNets]) -> Vec<IpNet> {
+    network_sets
+        .iter()
+        .filter(|set| expr.matches(&set.labels))
+        .flat_map(|set| set.nets.iter().copied())
+        .collect()
 }
 
 /// A selector's canonical text (Calico's `Selector.String()`). An expression the engine

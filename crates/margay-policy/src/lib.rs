@@ -35,6 +35,7 @@ mod cluster;
 mod compile;
 mod eval;
 mod matrix;
+mod model;
 pub mod program;
 
 pub use cluster::{Cluster, Endpoint, NamedPort};
@@ -43,6 +44,7 @@ pub use eval::{
     Step, Verdict,
 };
 pub use matrix::{render_table, Matrix, Protocol, Report, UnknownProtocol};
+pub use model::{Change, Model, ResourceKey};
 
 /// Every kind [`Cluster::from_resources`] reads; a change to any of them can change a matrix
 /// or a node's program.

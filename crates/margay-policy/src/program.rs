@@ -260,6 +260,7 @@ pub fn program(cluster: &Cluster, node: &str) -> Program {
             port_sets: BTreeMap::new(),
             skipped: BTreeMap::new(),
         },
+        policy_ids: vec![[None, None]; cluster.policies.len()],
         ip_set_ids: HashMap::new(),
         port_set_ids: HashMap::new(),
     };
@@ -311,9 +312,13 @@ fn plain_byte(b: u8) -> bool {
 
 /// The first 64 bits of SHA-256 of `text`, in hex.
 fn hash(text: &str) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(text.as_bytes());
-    let mut hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    hex.truncate(HASH_DIGITS);
+    let mut hex = String::with_capacity(HASH_DIGITS);
+    for b in &digest[..HASH_DIGITS / 2] {
+        hex.push(char::from(DIGITS[usize::from(b >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
     hex
 }
 
@@ -353,6 +358,8 @@ fn policy_display(policy: &PolicyRef) -> String {
 struct Builder<'c> {
     cluster: &'c Cluster,
     program: Program,
+    /// Policy index → its chain ids, `[ingress, egress]`, once made.
+    policy_ids: Vec<[Option<String>; 2]>,
     /// Peer set index → IpSet id.
     ip_set_ids: HashMap<usize, String>,
     /// (peer set index of the rule end, port name) → PortSet id.
@@ -386,6 +393,9 @@ impl Builder<'_> {
     }
 
     fn policy(&mut self, index: usize, direction: PolicyType) -> String {
+        if let Some(id) = &self.policy_ids[index][direction_index(direction)] {
+            return id.clone();
+        }
         let cluster = self.cluster;
         let policy = &cluster.policies[index];
         let prefix = match direction {
@@ -399,6 +409,7 @@ impl Builder<'_> {
             policy.name
         );
         let id = format!("{prefix}{}", hash(&key));
+        self.policy_ids[index][direction_index(direction)] = Some(id.clone());
         if !self.program.policies.contains_key(&id) {
             let tier = cluster.tiers[policy.tier].name.clone();
             let reference = policy.reference();

@@ -65,6 +65,9 @@ enum Command {
     /// A whole cluster in network namespaces on this machine: up, probe, status, exec, down.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Follow one packet through policy and routes, from the datastore: the rule or default
+    /// that decides, with its nftables and iptables location. Exits 0 whatever the verdict.
+    Trace(TraceArgs),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -88,6 +91,23 @@ enum PolicyCommand {
         #[arg(short, long, value_enum, default_value = "table")]
         output: StatusOutput,
     },
+}
+
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// The source: NS/POD, or an IP address (an endpoint's address means that endpoint).
+    #[arg(long)]
+    from: String,
+    /// The destination: NS/POD, or an IP address.
+    #[arg(long)]
+    to: String,
+    /// Destination port.
+    #[arg(long)]
+    port: u16,
+    #[arg(long, ignore_case = true, default_value = "TCP")]
+    protocol: margay_policy::Protocol,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: StatusOutput,
 }
 
 #[derive(Subcommand)]
@@ -507,6 +527,20 @@ async fn run_with_datastore(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let cluster = margay_ctl::policy::cluster_from_datastore(&client).await?;
             print_matrices(&cluster, port, protocol, output)
+        }
+        Command::Trace(t) => {
+            let request = margay_ctl::trace::TraceRequest {
+                from: t.from,
+                to: t.to,
+                port: t.port,
+                protocol: t.protocol,
+            };
+            let trace = margay_ctl::trace::trace(&client, &request).await?;
+            match t.output {
+                StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&trace)?),
+                StatusOutput::Table => print!("{}", margay_ctl::trace::render(&trace)),
+            }
+            Ok(())
         }
         Command::Version
         | Command::InstallCni(_)

@@ -840,3 +840,124 @@ fn ipip_pool_carries_pod_traffic() {
     c.wait_until("pod-a reaches pod-b over IPIP", || ping(&a, &ip_b));
     assert!(c.routes(0).iter().any(|r| r.contains("dev tunl0 onlink")));
 }
+
+/// `iptables-save -c` and `ip6tables-save -c` of `ns`: every rule of Margay's (`mgy-` in it)
+/// with its packet counter.
+fn margay_rules(ns: &Netns) -> Vec<(String, u64)> {
+    ["iptables-save", "ip6tables-save"]
+        .iter()
+        .flat_map(|tool| {
+            let out = ns.exec(&[tool, "-c", "-t", "filter"]);
+            assert!(out.status.success(), "{tool}: {out:?}");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with('[') && l.contains("mgy-"))
+                .map(|l| {
+                    let (counters, rule) = l.split_once("] ").unwrap();
+                    let packets = counters[1..].split(':').next().unwrap().parse().unwrap();
+                    (format!("{tool}: {rule}"), packets)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn nft_tables(ns: &Netns) -> String {
+    String::from_utf8_lossy(&ns.exec(&["nft", "list", "tables"]).stdout).into_owned()
+}
+
+#[test]
+fn a_dataplane_switched_while_the_agent_was_down_takes_over_at_start_without_loss() {
+    if !is_root() {
+        eprintln!("skipped: this test needs root (network namespaces)");
+        return;
+    }
+    let mut c = Cluster::new(1, VXLAN_POOL, Backend::Sqlite, "30s");
+    c.wait_until("the agent ready", || {
+        c.status(0).is_some_and(|s| s["ready"] == true)
+    });
+    let (a, _) = c.add_pod(0, "pod-a");
+    let (_b, ip_b) = c.add_pod(0, "pod-b");
+    assert!(ping(&a, &ip_b), "pod-a cannot reach pod-b");
+    assert_eq!(c.status(0).unwrap()["policy"]["dataplane"], "nftables");
+    assert!(nft_tables(&c.nodes[0].ns).contains("table ip margay-policy"));
+    assert!(margay_rules(&c.nodes[0].ns).is_empty());
+
+    // Switched to iptables while the agent is down: its nftables tables keep enforcing until
+    // the agent is back, programs iptables, and only then deletes them. Pings between the two
+    // pods (through both, for a moment) lose nothing.
+    c.stop_agent(0);
+    c.ctl_apply(
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\n\
+         metadata: {name: default}\nspec: {dataplane: iptables}\n",
+    );
+    let pinger = Command::new("ip")
+        .args(["netns", "exec", &a.name])
+        .args(["ping", "-c", "30", "-i", "0.1", "-W", "1", &ip_b])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.start_agent(0);
+    c.wait_until("the agent on iptables", || {
+        c.status(0).is_some_and(|s| {
+            s["ready"] == true && s["policy"]["dataplane"] == "iptables" && s["errors"] == json!([])
+        })
+    });
+    let pinged = pinger.wait_with_output().unwrap();
+    let pinged = String::from_utf8_lossy(&pinged.stdout);
+    assert!(
+        pinged.contains(" 0% packet loss"),
+        "pod traffic during the switch: {pinged}"
+    );
+    let node = &c.nodes[0].ns;
+    let tables = nft_tables(node);
+    assert!(!tables.contains("margay-policy"), "{tables}");
+    assert!(
+        tables.contains("table ip margay"),
+        "the NAT table stays: {tables}"
+    );
+    let rules = margay_rules(node);
+    assert!(
+        rules
+            .iter()
+            .any(|(r, _)| r.starts_with("iptables-save: -A FORWARD ")
+                && r.ends_with("-j mgy-FORWARD")),
+        "{rules:#?}"
+    );
+    assert!(
+        rules.iter().any(|(r, _)| r.contains("-A mgy-fw-mgy")),
+        "{rules:#?}"
+    );
+    assert!(ping(&a, &ip_b), "pod-a cannot reach pod-b on iptables");
+    let metrics = c.http_get(0, "http://127.0.0.1:9091/metrics").unwrap();
+    assert!(
+        metrics.contains("margay_agent_policy_dataplane{dataplane=\"iptables\"} 1\n"),
+        "{metrics}"
+    );
+    let text = node.exec(&[BIN, "node", "status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Dataplane         iptables\n"), "{text}");
+
+    // A restart on iptables rewrites no chain: every rule keeps its counters.
+    let before = margay_rules(node);
+    assert!(
+        before.iter().any(|(_, packets)| *packets > 0),
+        "{before:#?}"
+    );
+    c.stop_agent(0);
+    c.start_agent(0);
+    c.wait_until("the agent ready again on iptables", || {
+        c.status(0)
+            .is_some_and(|s| s["ready"] == true && s["policy"]["dataplane"] == "iptables")
+    });
+    let after = margay_rules(&c.nodes[0].ns);
+    assert_eq!(
+        after.iter().map(|(r, _)| r).collect::<Vec<_>>(),
+        before.iter().map(|(r, _)| r).collect::<Vec<_>>()
+    );
+    for ((rule, was), (_, now)) in before.iter().zip(&after) {
+        assert!(now >= was, "{rule}: counter {was} went to {now}: rewritten");
+    }
+    assert_eq!(c.status(0).unwrap()["policy"]["lastChange"], "unchanged");
+}

@@ -390,8 +390,9 @@ mod opt_cidr_or_ip {
 // ---------------------------------------------------------------------------------------------
 
 string_enum! {
-    /// How the agent programs packet filtering. Margay's own field: Calico chooses between
-    /// iptables, nftables and eBPF with separate switches.
+    /// Where the agent programs network policy. Margay's own field: Calico chooses between
+    /// iptables, nftables and eBPF with separate switches. A value not listed here is
+    /// refused, naming `spec.dataplane`.
     #[derive(Default)]
     pub enum Dataplane {
         #[default]
@@ -509,7 +510,9 @@ pub struct AgentConfiguration {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentConfigurationSpec {
-    /// Margay only: `nftables` (default) or `iptables`.
+    /// Margay only: where the agent programs network policy, `nftables` (default) or
+    /// `iptables`. A running agent switches when it changes (docs/agent.md). Calico's
+    /// `nftablesMode` maps onto it; `iptablesBackend` (which iptables binaries) is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane: Option<Dataplane>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -419,3 +419,117 @@ fn every_rule_is_hashed_after_the_one_before() {
         }
     }
 }
+
+/// The golden node1 program, and programs that differ from it as changes make them differ:
+/// members only, a policy added or removed, a local endpoint added or removed, a tier's
+/// default action, another node, a policy renamed under its id (by hand), a rule moved to
+/// IPv6 only (by hand).
+fn changed_programs() -> Vec<(&'static str, Program)> {
+    use margay_policy::program::program;
+    use margay_testkit::fixture::{self, golden_yaml};
+
+    let node1 = |yaml: &str| program(&fixture::cluster(yaml), "node1");
+    let without = |marker: &str| {
+        let yaml = golden_yaml();
+        let docs: Vec<&str> = yaml
+            .split("\n---\n")
+            .filter(|d| !d.contains(marker))
+            .collect();
+        node1(&docs.join("\n---\n"))
+    };
+    let base = fixture::golden_node1();
+    let mut renamed = base.clone();
+    renamed.policies.values_mut().next().unwrap().policy.name = "renamed".into();
+    let mut v6 = base.clone();
+    for chain in v6.policies.values_mut() {
+        for rule in &mut chain.rules {
+            if rule.action == Action::Allow && rule.matches.ip_version.is_none() {
+                rule.matches.ip_version = Some(6);
+            }
+        }
+    }
+    let moved = golden_yaml()
+        .replace("\"10.1.1.1/32\"", "\"10.1.1.10/32\"")
+        .replace("198.51.100.0/25", "198.51.100.0/24")
+        + fixture::POD_D_ON_NODE2;
+    let more = golden_yaml()
+        + "---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: more}
+spec:
+  selector: pod == 'b'
+  ingress: [{action: Allow, source: {selector: pod == 'c'}}]
+";
+    let new_pod = golden_yaml()
+        + "---
+apiVersion: margay.dev/v1
+kind: WorkloadEndpoint
+metadata: {name: node1-k8s-e-eth0, namespace: x, labels: {pod: e, app: web}}
+spec: {orchestrator: k8s, node: node1, pod: e, endpoint: eth0, interfaceName: mgy000000000e,
+       ipNetworks: [10.1.0.5/32], profiles: [kns.x]}
+";
+    vec![
+        ("golden", base),
+        ("node2", program(&fixture::golden_cluster(), "node2")),
+        ("members moved", node1(&moved)),
+        ("policy added", node1(&more)),
+        (
+            "policy removed",
+            without("kind: NetworkPolicy\nmetadata:\n  name: web"),
+        ),
+        (
+            "endpoint removed",
+            without("name: node1-k8s-b-eth0\n  namespace: x"),
+        ),
+        ("endpoint added", node1(&new_pod)),
+        (
+            "tier denies",
+            node1(&golden_yaml().replace("defaultAction: Pass", "defaultAction: Deny")),
+        ),
+        ("renamed", renamed),
+        ("allow rules IPv6 only", v6),
+    ]
+}
+
+#[test]
+fn a_rendering_updated_from_the_last_is_the_fresh_rendering() {
+    let programs = changed_programs();
+    for family in [Family::V4, Family::V6] {
+        for (a, old) in &programs {
+            let rendered = render(old, family);
+            for (b, new) in &programs {
+                let updated = render_update(old, &rendered, new);
+                assert!(updated == render(new, family), "{a} → {b} ({family:?})");
+                // And on again, from the updated rendering.
+                let (c, next) = &programs[0];
+                assert!(
+                    render_update(new, &updated, next) == render(next, family),
+                    "{a} → {b} → {c} ({family:?})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_update_renders_only_what_changed() {
+    let programs: BTreeMap<&str, Program> = changed_programs().into_iter().collect();
+    let base = &programs["golden"];
+    let rendered = render(base, Family::V4);
+    let updated = render_update(base, &rendered, &programs["policy added"]);
+    let rewritten: Vec<&str> = updated
+        .chains
+        .iter()
+        .filter(|c| rendered.chain(&c.name) != Some(*c))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        rewritten,
+        [
+            "mgy-tw-mgy08041ab898a",
+            "mgy-tw-mgy665e9bb24dc",
+            "mgy-pi-661d18b982953544"
+        ]
+    );
+}
