@@ -34,14 +34,16 @@
 //! mgy-to-wl-dispatch      -o <iface> -g mgy-tw-<iface> per endpoint; -o mgy+ -j DROP
 //! mgy-fw-<iface>          the endpoint's egress pipeline
 //! mgy-tw-<iface>          the endpoint's ingress pipeline
+//! mgy-gi-<hash>, mgy-go-<hash>   policy groups: one tier's policy jumps, shared
 //! mgy-pi-<hash>, mgy-po-<hash>, mgy-pri-<name>, mgy-pro-<name>   policy and profile rules
 //! ipset mgy40s-<hash>     hash:net; mgy40np-<hash>: hash:ip,port (10.1.0.1,tcp:80)
 //! ```
 //!
 //! An endpoint chain accepts established and related packets and drops invalid ones, clears
 //! the accept and pass marks, and then walks the pipeline as Felix's does: per tier, "Start
-//! of tier X" clears the pass mark, each policy chain is jumped to while the pass mark is
-//! clear, "Return if policy accepted" returns once the accept mark is set, and "End of tier
+//! of tier X" clears the pass mark, the tier's policy group chain is jumped to while the pass
+//! mark is clear (it jumps to each policy chain while the pass mark is clear and returns once
+//! the accept mark is set), "Return if policy accepted" returns once the accept mark is set, and "End of tier
 //! X. Drop if no policies passed packet" drops unless the tier's default action is Pass; then
 //! each profile chain, "Return if profile accepted", and "Drop if no profiles matched".
 //! Allow sets the accept mark `0x10000` and returns, Pass sets the pass mark `0x20000` and

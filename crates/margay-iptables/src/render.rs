@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use ipnet::IpNet;
 use margay_api::{Action, IcmpFields, TierDefaultAction};
 use margay_policy::program::{
-    EndMatch, IpSet, LocalEndpoint, Matches, Pipeline, PolicyChain, PortMatch, PortSet,
-    ProfileChain, Program, ProgramRule,
+    EndMatch, IpSet, LocalEndpoint, Matches, Pipeline, PolicyChain, PolicyGroup, PortMatch,
+    PortSet, ProfileChain, Program, ProgramRule,
 };
 use margay_policy::PolicyRef;
 use sha2::{Digest, Sha256};
@@ -56,6 +56,9 @@ pub fn render(program: &Program, family: Family) -> Rendered {
         for direction in [Direction::From, Direction::To] {
             r.chains.push(workload_chain(iface, ep, direction, program));
         }
+    }
+    for (id, group) in &program.groups {
+        r.chains.push(group_chain(id, group, program));
     }
     for (id, chain) in &program.policies {
         r.chains.push(policy_chain(id, chain, family));
@@ -161,14 +164,21 @@ pub fn render_update(old_program: &Program, old: &Rendered, program: &Program) -
             renamed.insert(id);
         }
     }
+    // Grouped tiers name only their group; the group chain names the policies. A group
+    // coming or going changes the endpoint chains listing it (they inline a tier whose
+    // group the program lacks).
+    let grouped =
+        |g: &Option<String>, p: &Program| g.as_ref().is_some_and(|g| p.groups.contains_key(g));
     let mentions_renamed = |pipeline: &Pipeline| {
-        !renamed.is_empty()
+        pipeline.tiers.iter().any(|t| {
+            grouped(&t.group, program) != grouped(&t.group, old_program)
+                || (!grouped(&t.group, program)
+                    && t.policies.iter().any(|id| renamed.contains(id.as_str())))
+        }) || (!renamed.is_empty()
             && pipeline
-                .tiers
+                .profiles
                 .iter()
-                .flat_map(|t| &t.policies)
-                .chain(&pipeline.profiles)
-                .any(|id| renamed.contains(id.as_str()))
+                .any(|id| renamed.contains(id.as_str())))
     };
     for (iface, ep) in &program.endpoints {
         let was = old_program.endpoints.get(iface);
@@ -183,6 +193,13 @@ pub fn render_update(old_program: &Program, old: &Rendered, program: &Program) -
             r.chains
                 .push(kept.unwrap_or_else(|| workload_chain(iface, ep, direction, program)));
         }
+    }
+    for (id, group) in &program.groups {
+        let unchanged = old_program.groups.get(id) == Some(group)
+            && !group.policies.iter().any(|p| renamed.contains(p.as_str()));
+        let kept = unchanged.then(|| old_chain(id)).flatten();
+        r.chains
+            .push(kept.unwrap_or_else(|| group_chain(id, group, program)));
     }
     for (id, chain) in &program.policies {
         let kept = (old_program.policies.get(id) == Some(chain))
@@ -251,6 +268,30 @@ fn workload_chain(
         direction.pipeline(ep),
         program,
     )
+}
+
+/// `mgy-gi-<hash>` / `mgy-go-<hash>`: one tier's policies, walked for every endpoint
+/// listing them.
+fn group_chain(id: &str, group: &PolicyGroup, program: &Program) -> Chain {
+    let mut b = ChainBuilder::new(chain_name(id));
+    policy_jumps(&mut b, &group.tier, &group.policies, program);
+    b.finish()
+}
+
+/// Per policy: jump to its chain while the pass mark is clear, then return if it accepted.
+fn policy_jumps(b: &mut ChainBuilder, tier: &str, policies: &[String], program: &Program) {
+    let return_if_accepted = Spec::jump("-j RETURN").with(mark_set(MARK_ACCEPT));
+    for policy in policies {
+        let name = program
+            .policies
+            .get(policy)
+            .map_or_else(String::new, |c| policy_name(&c.policy));
+        b.push(
+            &Spec::jump(format!("-j {}", chain_name(policy))).with(mark_clear(MARK_PASS)),
+            &format!("tier {tier} policy {name}"),
+        );
+        b.push(&return_if_accepted, "Return if policy accepted");
+    }
 }
 
 fn policy_chain(id: &str, chain: &PolicyChain, family: Family) -> Chain {
@@ -456,16 +497,19 @@ fn endpoint_chain(name: String, what: &str, pipeline: &Pipeline, program: &Progr
             &Spec::jump(clear_marks(MARK_PASS)),
             &format!("Start of tier {tier}"),
         );
-        for policy in &stage.policies {
-            let name = program
-                .policies
-                .get(policy)
-                .map_or_else(String::new, |c| policy_name(&c.policy));
-            b.push(
-                &Spec::jump(format!("-j {}", chain_name(policy))).with(mark_clear(MARK_PASS)),
-                &format!("tier {tier} policy {name}"),
-            );
-            b.push(&return_if_accepted, "Return if policy accepted");
+        match stage
+            .group
+            .as_ref()
+            .filter(|g| program.groups.contains_key(*g))
+        {
+            Some(group) => {
+                b.push(
+                    &Spec::jump(format!("-j {}", chain_name(group))).with(mark_clear(MARK_PASS)),
+                    &format!("tier {tier} policy group {group}"),
+                );
+                b.push(&return_if_accepted, "Return if policy accepted");
+            }
+            None => policy_jumps(&mut b, tier, &stage.policies, program),
         }
         if stage.default_action == TierDefaultAction::Deny {
             b.push(

@@ -19,6 +19,7 @@
 //! chain to-wl-dispatch     oifname vmap @to-wl (goto tw-<iface>); other mgy* interfaces drop
 //! chain fw-<iface>         the endpoint's egress pipeline
 //! chain tw-<iface>         the endpoint's ingress pipeline
+//! chain gi-<hash>, go-<hash>   policy groups: one tier's policies, shared by endpoints
 //! chain pi-<hash>, po-<hash>, pri-<name>, pro-<name>   policy and profile rules
 //! set s-<hash>             addresses (flags interval); np-<hash>: address . protocol . port
 //! ```
@@ -27,7 +28,12 @@
 //! marks; per tier, clear the pass mark, jump to each policy chain while the pass mark is
 //! clear, returning as soon as the accept mark is set, and at the end of the tier drop
 //! unless a policy passed (or the tier's default action is Pass); then each profile chain,
-//! returning once one accepted; then drop ("no profile matched"). Rule actions: Allow sets
+//! returning once one accepted; then drop ("no profile matched"). The policies of a tier
+//! are walked by the tier stage's policy group chain (Felix's `cali-gi-`/`cali-go-`),
+//! shared by every endpoint listing the same policies: the endpoint chain clears the pass
+//! mark, jumps to the group while the pass mark is clear, returns if the accept mark is set
+//! and drops at the end of the tier; the group jumps to each policy chain while the pass
+//! mark is clear and returns as soon as the accept mark is set. Rule actions: Allow sets
 //! the accept mark and returns, Deny drops, Pass sets the pass mark and returns, Log logs
 //! with prefix `mgy <tier>/<policy>/<rule index>` and goes on.
 //!
@@ -51,8 +57,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use margay_api::{Action, IcmpFields, TierDefaultAction};
 use margay_policy::program::{
-    EndMatch, IpSet, LocalEndpoint, Matches, Pipeline, PolicyChain, PortMatch, PortSet,
-    ProfileChain, Program, ProgramRule,
+    EndMatch, IpSet, LocalEndpoint, Matches, Pipeline, PolicyChain, PolicyGroup, PortMatch,
+    PortSet, ProfileChain, Program, ProgramRule,
 };
 use margay_policy::PolicyRef;
 
@@ -186,6 +192,9 @@ pub fn table(program: &Program, family: AddressFamily) -> Table {
         t.chains.push(from_endpoint_chain(iface, ep, program));
         t.chains.push(to_endpoint_chain(iface, ep, program));
     }
+    for (id, group) in &program.groups {
+        t.chains.push(group_chain(id, group, program));
+    }
     for (id, chain) in &program.policies {
         t.chains.push(policy_chain(id, chain, family));
     }
@@ -258,6 +267,35 @@ fn to_endpoint_chain(iface: &str, ep: &LocalEndpoint, program: &Program) -> Chai
         &ep.ingress,
         program,
     )
+}
+
+/// `gi-<hash>` / `go-<hash>`: one tier's policies, walked for every endpoint listing them.
+fn group_chain(id: &str, group: &PolicyGroup, program: &Program) -> Chain {
+    let mut rules = Vec::with_capacity(group.policies.len() * 2);
+    policy_jumps(&mut rules, &group.tier, &group.policies, program);
+    Chain {
+        name: id.to_owned(),
+        base: None,
+        rules,
+    }
+}
+
+/// Per policy: jump to its chain while the pass mark is clear, then return if it accepted.
+fn policy_jumps(rules: &mut Vec<Rule>, tier: &str, policies: &[String], program: &Program) {
+    for policy in policies {
+        let name = program
+            .policies
+            .get(policy)
+            .map_or_else(String::new, |c| policy_name(&c.policy));
+        rules.push(Rule::new(
+            format!("{} counter jump {policy}", mark_clear(MARK_PASS)),
+            format!("tier {tier} policy {name}"),
+        ));
+        rules.push(Rule::new(
+            format!("{} counter return", mark_set(MARK_ACCEPT)),
+            "return if policy accepted",
+        ));
+    }
 }
 
 fn policy_chain(id: &str, chain: &PolicyChain, family: AddressFamily) -> Chain {
@@ -351,19 +389,22 @@ fn endpoint_chain(name: String, what: &str, pipeline: &Pipeline, program: &Progr
             format!("counter {}", clear_marks(MARK_PASS)),
             format!("start of tier {tier}"),
         ));
-        for policy in &stage.policies {
-            let name = program
-                .policies
-                .get(policy)
-                .map_or_else(String::new, |c| policy_name(&c.policy));
-            rules.push(Rule::new(
-                format!("{} counter jump {policy}", mark_clear(MARK_PASS)),
-                format!("tier {tier} policy {name}"),
-            ));
-            rules.push(Rule::new(
-                format!("{} counter return", mark_set(MARK_ACCEPT)),
-                "return if policy accepted",
-            ));
+        match stage
+            .group
+            .as_ref()
+            .filter(|g| program.groups.contains_key(*g))
+        {
+            Some(group) => {
+                rules.push(Rule::new(
+                    format!("{} counter jump {group}", mark_clear(MARK_PASS)),
+                    format!("tier {tier} policy group {group}"),
+                ));
+                rules.push(Rule::new(
+                    format!("{} counter return", mark_set(MARK_ACCEPT)),
+                    "return if policy accepted",
+                ));
+            }
+            None => policy_jumps(&mut rules, tier, &stage.policies, program),
         }
         if stage.default_action == TierDefaultAction::Deny {
             rules.push(Rule::new(

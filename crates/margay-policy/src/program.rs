@@ -16,6 +16,13 @@
 //!   `po-<hash>` outbound) and each profile one per direction ([`ProfileChain`],
 //!   `pri-<name>`, `pro-<name>`), shared by every endpoint using it. A chain is a list of
 //!   rules: matches, all of which must hold, and an action.
+//! - The policies of one tier of a pipeline form a policy group ([`PolicyGroup`],
+//!   `gi-<hash>` inbound, `go-<hash>` outbound, Felix's `cali-gi-`/`cali-go-`): one chain
+//!   per distinct list of policy chains, shared by every endpoint whose tier stage lists the
+//!   same policies. The endpoint chain jumps to the group once per tier; the group walks the
+//!   tier's policies. Tier boundaries (clearing the pass mark, the end-of-tier drop) stay in
+//!   the endpoint chain. The id is a hash of the tier and the list, so endpoints coming and
+//!   going reuse groups, and a policy added to a list makes one new group chain.
 //! - Rule selectors become address sets ([`IpSet`], `s-<hash>`), named ports sets of
 //!   (address, protocol, port) tuples ([`PortSet`], `np-<hash>`). A set's id is a hash of
 //!   its definition, so a selector used by several rules is one set, and endpoints coming and
@@ -66,6 +73,9 @@ pub struct Program {
     pub endpoints: BTreeMap<String, LocalEndpoint>,
     /// Policy chains by id: `pi-<hash>` (inbound) and `po-<hash>` (outbound).
     pub policies: BTreeMap<String, PolicyChain>,
+    /// Policy groups by id: `gi-<hash>` (inbound) and `go-<hash>` (outbound), each the
+    /// policies of one tier stage shared by the endpoints listing them.
+    pub groups: BTreeMap<String, PolicyGroup>,
     /// Profile chains by id: `pri-<name>` (inbound) and `pro-<name>` (outbound).
     pub profiles: BTreeMap<String, ProfileChain>,
     /// Address sets by id, `s-<hash>`.
@@ -109,6 +119,23 @@ pub struct TierStage {
     pub tier: String,
     /// What happens when no policy of the tier decided and none passed.
     pub default_action: TierDefaultAction,
+    /// Policy chain ids, in order.
+    pub policies: Vec<String>,
+    /// The [`PolicyGroup`] holding [`policies`](Self::policies), which the endpoint chain
+    /// jumps to in their place. `None` (or an id the program lacks): the endpoint chain
+    /// jumps to each policy chain itself; the verdicts are the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// The policies of one tier stage, shared by every endpoint (and direction) listing exactly
+/// these: the group chain jumps to each in turn while no policy passed, returning as soon as
+/// one accepted. It never drops by itself; the end of the tier is the endpoint chain's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyGroup {
+    pub tier: String,
+    pub direction: PolicyType,
     /// Policy chain ids, in order.
     pub policies: Vec<String>,
 }
@@ -255,12 +282,14 @@ pub fn program(cluster: &Cluster, node: &str) -> Program {
             node: node.to_owned(),
             endpoints: BTreeMap::new(),
             policies: BTreeMap::new(),
+            groups: BTreeMap::new(),
             profiles: BTreeMap::new(),
             ip_sets: BTreeMap::new(),
             port_sets: BTreeMap::new(),
             skipped: BTreeMap::new(),
         },
         policy_ids: vec![[None, None]; cluster.policies.len()],
+        group_ids: HashMap::new(),
         ip_set_ids: HashMap::new(),
         port_set_ids: HashMap::new(),
     };
@@ -360,6 +389,8 @@ struct Builder<'c> {
     program: Program,
     /// Policy index → its chain ids, `[ingress, egress]`, once made.
     policy_ids: Vec<[Option<String>; 2]>,
+    /// (direction index, tier index, policy indices) → PolicyGroup id.
+    group_ids: HashMap<(usize, usize, Vec<usize>), String>,
     /// Peer set index → IpSet id.
     ip_set_ids: HashMap<usize, String>,
     /// (peer set index of the rule end, port name) → PortSet id.
@@ -371,18 +402,36 @@ impl Builder<'_> {
         let cluster = self.cluster;
         let tiers = cluster.chains[endpoint][direction_index(direction)]
             .iter()
-            .map(|chain| TierStage {
-                tier: cluster.tiers[chain.tier].name.clone(),
-                default_action: if cluster.tiers[chain.tier].default_pass {
-                    TierDefaultAction::Pass
-                } else {
-                    TierDefaultAction::Deny
-                },
-                policies: chain
+            .map(|chain| {
+                let tier = cluster.tiers[chain.tier].name.clone();
+                let policies: Vec<String> = chain
                     .policies
                     .iter()
                     .map(|&p| self.policy(p, direction))
-                    .collect(),
+                    .collect();
+                let key = (
+                    direction_index(direction),
+                    chain.tier,
+                    chain.policies.clone(),
+                );
+                let group = match self.group_ids.get(&key) {
+                    Some(id) => id.clone(),
+                    None => {
+                        let id = self.group(&tier, &policies, direction);
+                        self.group_ids.insert(key, id.clone());
+                        id
+                    }
+                };
+                TierStage {
+                    tier,
+                    default_action: if cluster.tiers[chain.tier].default_pass {
+                        TierDefaultAction::Pass
+                    } else {
+                        TierDefaultAction::Deny
+                    },
+                    policies,
+                    group: Some(group),
+                }
             })
             .collect();
         let profiles = cluster.endpoint_profiles[endpoint]
@@ -390,6 +439,32 @@ impl Builder<'_> {
             .map(|&p| self.profile(p, direction))
             .collect();
         Pipeline { tiers, profiles }
+    }
+
+    /// The id of the group of `policies` (of tier `tier`), made if new.
+    fn group(&mut self, tier: &str, policies: &[String], direction: PolicyType) -> String {
+        let prefix = match direction {
+            PolicyType::Ingress => "gi-",
+            PolicyType::Egress => "go-",
+        };
+        let mut key = String::with_capacity(tier.len() + policies.len() * 20);
+        key.push_str(tier);
+        for id in policies {
+            key.push('\n');
+            key.push_str(id);
+        }
+        let id = format!("{prefix}{}", hash(&key));
+        if !self.program.groups.contains_key(&id) {
+            self.program.groups.insert(
+                id.clone(),
+                PolicyGroup {
+                    tier: tier.to_owned(),
+                    direction,
+                    policies: policies.to_vec(),
+                },
+            );
+        }
+        id
     }
 
     fn policy(&mut self, index: usize, direction: PolicyType) -> String {

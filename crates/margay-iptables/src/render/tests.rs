@@ -33,6 +33,7 @@ fn program(policy: Vec<ProgramRule>, profile: Vec<ProgramRule>) -> Program {
             tier: "t".into(),
             default_action: TierDefaultAction::Pass,
             policies: vec!["pi-1".into()],
+            group: None,
         }],
         profiles: vec!["pri-p".into()],
     };
@@ -63,6 +64,7 @@ fn program(policy: Vec<ProgramRule>, profile: Vec<ProgramRule>) -> Program {
                 rules: policy,
             },
         )]),
+        groups: BTreeMap::new(),
         profiles: BTreeMap::from([(
             "pri-p".to_owned(),
             ProfileChain {
@@ -529,6 +531,9 @@ fn an_update_renders_only_what_changed() {
         [
             "mgy-tw-mgy08041ab898a",
             "mgy-tw-mgy665e9bb24dc",
+            // The two endpoints' new policy lists: one group chain each.
+            "mgy-gi-a693c9496ae0bfad",
+            "mgy-gi-ff3a00b8633c5e16",
             "mgy-pi-661d18b982953544"
         ]
     );

@@ -21,6 +21,7 @@ fn one_policy(
                 tier: "t".into(),
                 default_action,
                 policies: vec![p],
+                group: None,
             })
             .collect(),
         profiles: Vec::new(),
@@ -49,6 +50,7 @@ fn one_policy(
                 rules,
             },
         )]),
+        groups: BTreeMap::new(),
         profiles: BTreeMap::new(),
         ip_sets,
         port_sets: BTreeMap::new(),
@@ -248,6 +250,7 @@ fn an_empty_program_still_drops_unknown_workloads() {
         node: "n".into(),
         endpoints: BTreeMap::new(),
         policies: BTreeMap::new(),
+        groups: BTreeMap::new(),
         profiles: BTreeMap::new(),
         ip_sets: BTreeMap::new(),
         port_sets: BTreeMap::new(),

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use margay_policy::program::{Pipeline, Program};
 
 use super::{
-    from_endpoint_chain, ip_set, policy_chain, port_set, profile_chain, render, to_endpoint_chain,
-    AddressFamily, FROM_WORKLOAD_MAP, POLICY_TABLE, TO_WORKLOAD_MAP,
+    from_endpoint_chain, group_chain, ip_set, policy_chain, port_set, profile_chain, render,
+    to_endpoint_chain, AddressFamily, FROM_WORKLOAD_MAP, POLICY_TABLE, TO_WORKLOAD_MAP,
 };
 use crate::ruleset::{quoted_text, Chain, SetElements, Table};
 
@@ -271,20 +271,44 @@ pub(super) fn chain_changes(old: &Program, new: &Program, family: AddressFamily)
             renamed.insert(id);
         }
     }
-    let mentions_renamed = |pipeline: &Pipeline| {
+    // Grouped tiers name only their group; the group chain names the policies.
+    let mentions_renamed = |pipeline: &Pipeline, program: &Program| {
         !renamed.is_empty()
             && (pipeline
                 .tiers
                 .iter()
+                .filter(|t| {
+                    t.group
+                        .as_ref()
+                        .is_none_or(|g| !program.groups.contains_key(g))
+                })
                 .flat_map(|t| &t.policies)
                 .chain(&pipeline.profiles)
                 .any(|id| renamed.contains(id.as_str())))
+    };
+    // An endpoint chain inlines a tier whose group the program lacks: a group coming or
+    // going changes the endpoint chains listing it.
+    let regrouped: HashSet<&str> = merged(&old.groups, &new.groups)
+        .filter(|(_, a, b)| a.is_some() != b.is_some())
+        .map(|(id, _, _)| id)
+        .collect();
+    let mentions_regrouped = |pipeline: &Pipeline| {
+        !regrouped.is_empty()
+            && pipeline
+                .tiers
+                .iter()
+                .filter_map(|t| t.group.as_deref())
+                .any(|g| regrouped.contains(g))
     };
 
     for (iface, a, b) in merged(&old.endpoints, &new.endpoints) {
         match (a, b) {
             (Some(a), Some(b)) => {
-                if a.id != b.id || a.egress != b.egress || mentions_renamed(&b.egress) {
+                if a.id != b.id
+                    || a.egress != b.egress
+                    || mentions_renamed(&b.egress, new)
+                    || mentions_regrouped(&b.egress)
+                {
                     let (was, is) = (
                         from_endpoint_chain(iface, a, old),
                         from_endpoint_chain(iface, b, new),
@@ -293,7 +317,11 @@ pub(super) fn chain_changes(old: &Program, new: &Program, family: AddressFamily)
                         changes.changed.push(is);
                     }
                 }
-                if a.id != b.id || a.ingress != b.ingress || mentions_renamed(&b.ingress) {
+                if a.id != b.id
+                    || a.ingress != b.ingress
+                    || mentions_renamed(&b.ingress, new)
+                    || mentions_regrouped(&b.ingress)
+                {
                     let (was, is) = (
                         to_endpoint_chain(iface, a, old),
                         to_endpoint_chain(iface, b, new),
@@ -311,6 +339,24 @@ pub(super) fn chain_changes(old: &Program, new: &Program, family: AddressFamily)
                 changes.removed.push(format!("fw-{iface}"));
                 changes.removed.push(format!("tw-{iface}"));
             }
+            (None, None) => {}
+        }
+    }
+    for (id, a, b) in merged(&old.groups, &new.groups) {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let named = |g: &margay_policy::program::PolicyGroup| {
+                    g.policies.iter().any(|p| renamed.contains(p.as_str()))
+                };
+                if a != b || named(b) {
+                    let is = group_chain(id, b, new);
+                    if !same_text(&group_chain(id, a, old), &is) {
+                        changes.changed.push(is);
+                    }
+                }
+            }
+            (None, Some(b)) => changes.added.push(group_chain(id, b, new)),
+            (Some(_), None) => changes.removed.push(id.to_owned()),
             (None, None) => {}
         }
     }
