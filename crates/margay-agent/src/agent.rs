@@ -59,7 +59,7 @@ pub struct SyncReport {
     pub pools: Vec<serde_json::Value>,
     /// When a held-back deletion (see [`Grace`]) falls due: sync again by then.
     pub next_due: Option<Instant>,
-    /// What the policy engine reads, from the same snapshot (see [`policy::compute`]).
+    /// What the policy engine reads, from the same snapshot (see [`policy::PolicyModel`]).
     pub policy_inputs: Vec<Resource>,
     /// Where policy goes: `AgentConfiguration.dataplane`, from the same snapshot.
     pub dataplane: Dataplane,
@@ -347,6 +347,8 @@ async fn run_loop(
     let mut grace = Grace::default();
     // The policy errors of the last sync, each logged once.
     let mut policy_errors: Vec<String> = Vec::new();
+    // The policy engine's model, kept across syncs: each snapshot applies only what changed.
+    let mut policy_model = policy::PolicyModel::new();
     loop {
         health.heartbeat();
         // No change arrived: this is the periodic resync, which also checks that the policy
@@ -410,6 +412,7 @@ async fn run_loop(
             }
         }
         let outcome = program_policy(
+            &mut policy_model,
             dataplanes,
             report.dataplane,
             std::mem::take(&mut report.policy_inputs),
@@ -471,6 +474,7 @@ type Dataplanes = PolicyDataplanes<NftCommand, IptablesCommand>;
 /// `errors` and the metrics.
 #[allow(clippy::too_many_arguments)]
 fn program_policy(
+    model: &mut policy::PolicyModel,
     dataplanes: &mut Dataplanes,
     dataplane: Dataplane,
     inputs: Vec<Resource>,
@@ -481,7 +485,7 @@ fn program_policy(
     reported: &[String],
 ) -> PolicyOutcome {
     let started = Instant::now();
-    let computed = policy::compute(inputs, &host.node);
+    let computed = model.compute(inputs, &host.node);
     // Each error once, not on every sync while it lasts (`/status` always shows them all).
     for e in computed.errors.iter().filter(|e| !reported.contains(e)) {
         if computed.program.is_some() {
@@ -492,11 +496,21 @@ fn program_policy(
     }
     let mut change = None;
     if let Some(program) = computed.program {
+        let applying = Instant::now();
         let done = dataplanes.program(dataplane, program);
+        let applied = applying.elapsed();
         match done.change {
             Ok(done) => {
                 if done != Change::Unchanged {
-                    tracing::info!(change = ?done, %dataplane, "policy programmed");
+                    let (model, program) = computed.timings;
+                    tracing::info!(
+                        change = ?done,
+                        %dataplane,
+                        model_ms = model.as_secs_f64() * 1e3,
+                        program_ms = program.as_secs_f64() * 1e3,
+                        apply_ms = applied.as_secs_f64() * 1e3,
+                        "policy programmed"
+                    );
                 }
                 change = Some(done);
             }

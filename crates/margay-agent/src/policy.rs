@@ -3,26 +3,33 @@
 //! iptables (see [`crate::dataplane`], which chooses), and the record of which workload
 //! interfaces have their rules programmed.
 //!
-//! - [`compute`] builds the engine's cluster from the datastore's resources and the node's
-//!   [`Program`]. A policy the engine cannot use is left out and reported; the rest is
+//! - [`PolicyModel`] keeps the engine's [`Model`] across syncs: each snapshot of the
+//!   datastore's resources is applied as the differences from the last one
+//!   ([`Model::sync`]), so one policy or endpoint changed recompiles only what it touches,
+//!   and the node's [`Program`] is built from the model's cluster. ([`compute`] does the same
+//!   from scratch.) A policy the engine cannot use is left out and reported; the rest is
 //!   enforced, as Calico does. Only an error about the whole model (a Profile that cannot be
 //!   compiled) gives no program, and then what is programmed stays as it is.
-//! - [`PolicyTables`] applies programs: the first one, and any whose rules differ from the
-//!   last applied, replace both tables in one `nft -f` transaction; one that only changes set
-//!   members is applied as element updates, which keep rules and counters.
+//! - [`PolicyTables`] applies programs: the first one replaces both tables in one `nft -f`
+//!   transaction; each later one is applied as the difference from the last applied
+//!   ([`nft_policy::update`], both families in one transaction): new and changed chains and
+//!   sets, set members, dispatch-map elements, and the removal of what is gone. Unchanged
+//!   chains keep their rules and counters. An update nft refuses (someone changed the
+//!   tables), and the first apply after a table went missing, replace both tables.
 //! - [`record_programmed`] writes one file per programmed interface under
 //!   `<state-dir>/policy/`, which the CNI plugin waits for (`policy_setup_timeout_seconds`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use margay_api::{Resource, WorkloadEndpoint};
 use margay_nft::policy::{self as nft_policy, AddressFamily, POLICY_TABLE};
 use margay_nft::ruleset::{Ruleset, Table};
 use margay_nft::NftRunner;
 use margay_policy::program::{program, Program};
-use margay_policy::Cluster;
+use margay_policy::{Cluster, Model};
 use serde::Serialize;
 
 /// Both policy tables, in the order they are written.
@@ -41,30 +48,95 @@ pub struct Computed {
     /// This node's workload interfaces → the container ID of the endpoint on each (empty for
     /// an endpoint without one).
     pub owners: BTreeMap<String, String>,
+    /// How long bringing the model to the inputs took, and building the program from it.
+    pub timings: (Duration, Duration),
 }
 
 /// Builds the cluster from `inputs` (the policy kinds and every WorkloadEndpoint) and the
 /// program of `node`.
 pub fn compute(inputs: Vec<Resource>, node: &str) -> Computed {
-    let owners = inputs
-        .iter()
-        .filter_map(|r| match r {
-            Resource::WorkloadEndpoint(wep) => local_interface(wep, node),
-            _ => None,
-        })
-        .collect();
+    let owners = owners(&inputs, node);
     match Cluster::from_resources_skipping_bad_policies(inputs) {
         Ok((cluster, skipped)) => Computed {
             program: Some(program(&cluster, node)),
             errors: skipped.iter().map(ToString::to_string).collect(),
             owners,
+            timings: Default::default(),
         },
         Err(e) => Computed {
             program: None,
             errors: vec![e.to_string()],
             owners,
+            timings: Default::default(),
         },
     }
+}
+
+/// The engine's model of the cluster, kept from one sync to the next (see the
+/// [module](self)).
+#[derive(Debug, Default)]
+pub struct PolicyModel {
+    model: Option<Model>,
+}
+
+impl PolicyModel {
+    pub fn new() -> PolicyModel {
+        PolicyModel::default()
+    }
+
+    /// Brings the model to `inputs` (the policy kinds and every WorkloadEndpoint, one
+    /// snapshot) and gives the program of `node`: what [`compute`] gives for the same inputs.
+    pub fn compute(&mut self, inputs: Vec<Resource>, node: &str) -> Computed {
+        let started = Instant::now();
+        let owners = owners(&inputs, node);
+        let status = match &mut self.model {
+            Some(model) => model.sync(inputs),
+            None => Model::from_resources(inputs, true).map(|model| {
+                self.model = Some(model);
+            }),
+        };
+        let modelled = started.elapsed();
+        let model = match (status, &self.model) {
+            (Ok(()), Some(model)) => model,
+            (Err(e), _) => {
+                return Computed {
+                    program: None,
+                    errors: vec![e.to_string()],
+                    owners,
+                    timings: (modelled, Duration::ZERO),
+                }
+            }
+            (Ok(()), None) => unreachable!("a model that built is kept"),
+        };
+        match model.cluster() {
+            Ok(cluster) => {
+                let started = Instant::now();
+                let program = program(cluster, node);
+                Computed {
+                    program: Some(program),
+                    errors: model.skipped().iter().map(ToString::to_string).collect(),
+                    owners,
+                    timings: (modelled, started.elapsed()),
+                }
+            }
+            Err(e) => Computed {
+                program: None,
+                errors: vec![e.to_string()],
+                owners,
+                timings: (modelled, Duration::ZERO),
+            },
+        }
+    }
+}
+
+fn owners(inputs: &[Resource], node: &str) -> BTreeMap<String, String> {
+    inputs
+        .iter()
+        .filter_map(|r| match r {
+            Resource::WorkloadEndpoint(wep) => local_interface(wep, node),
+            _ => None,
+        })
+        .collect()
 }
 
 fn local_interface(wep: &WorkloadEndpoint, node: &str) -> Option<(String, String)> {
@@ -81,9 +153,12 @@ fn local_interface(wep: &WorkloadEndpoint, node: &str) -> Option<(String, String
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Change {
-    /// nftables: both tables replaced in one transaction (first program, or rules changed).
+    /// nftables: both tables replaced in one transaction (the first program, after a table
+    /// went missing, or after an update nft refused).
     Replaced,
-    /// iptables: the chains whose rules changed rewritten (and set members updated).
+    /// Only what differs rewritten (and set members updated): nftables, the chains, sets and
+    /// dispatch-map elements that changed ([`nft_policy::update`]); iptables, the chains
+    /// whose rules changed.
     Chains,
     /// Only set members changed, in place.
     Sets,
@@ -150,39 +225,40 @@ impl<R: NftRunner> PolicyTables<R> {
         Ok(present)
     }
 
-    /// Brings the tables to `program`. On failure the tables are as they were (every script
-    /// is one transaction) and the next apply retries.
+    /// Brings the tables to `program`: the first time (and whenever the tables' state is
+    /// unknown) by replacing both, afterwards by updating both in place, in one transaction,
+    /// from the program last applied. On failure the tables are as they were (every script is
+    /// one transaction) and the next apply retries.
     pub fn apply(&mut self, program: Program) -> Result<Change, margay_nft::Error> {
         let old = self.applied.take();
         let change = match &old {
             Some(old) if *old == program => Change::Unchanged,
-            Some(old)
-                if FAMILIES
-                    .iter()
-                    .all(|&f| nft_policy::same_rules(old, &program, f)) =>
-            {
+            Some(old) => {
                 let script: String = FAMILIES
                     .iter()
-                    .map(|&f| nft_policy::set_updates(old, &program, f))
+                    .map(|&f| nft_policy::update(old, &program, f))
                     .collect();
                 if script.is_empty() {
                     Change::Unchanged
                 } else if let Err(e) = self.runner.run(&script) {
-                    // nft refuses to delete an element that is not there: someone changed
-                    // the tables. Replacing them restores the program whatever they hold;
-                    // if that fails too, their state is unknown (`applied` stays `None`).
-                    tracing::warn!(error = %e, "updating policy sets in place failed; replacing the tables");
+                    // nft refuses to delete an element or chain that is not there: someone
+                    // changed the tables. Replacing them restores the program whatever they
+                    // hold; if that fails too, their state is unknown (`applied` stays
+                    // `None`).
+                    tracing::warn!(error = %e, "updating the policy tables in place failed; replacing them");
                     replace(&mut self.runner, &program)?;
                     Change::Replaced
-                } else {
+                } else if FAMILIES
+                    .iter()
+                    .all(|&f| nft_policy::same_rules(old, &program, f))
+                {
                     Change::Sets
+                } else {
+                    Change::Chains
                 }
             }
-            _ => {
-                if let Err(e) = replace(&mut self.runner, &program) {
-                    self.applied = old;
-                    return Err(e);
-                }
+            None => {
+                replace(&mut self.runner, &program)?;
                 Change::Replaced
             }
         };
@@ -435,10 +511,42 @@ spec: {tier: missing, selector: all(), types: [Ingress]}
         assert!(update.contains("add element ip margay-policy"), "{update}");
         assert!(!update.contains("table ip"), "{update}");
 
-        // No policy any more: the rules change, so the tables are replaced.
+        // No policy any more: the rules change, updated in place in one transaction.
         let open = compute(cluster("10.0.0.3/32", ""), "n1").program.unwrap();
-        assert_eq!(tables.apply(open).unwrap(), Change::Replaced);
+        assert_eq!(tables.apply(open).unwrap(), Change::Chains);
         assert_eq!(tables.applied().unwrap().policies.len(), 0);
+        let update = tables.runner.scripts.last().unwrap();
+        assert!(!update.contains("delete table"), "{update}");
+        assert!(update.contains("delete chain ip margay-policy"), "{update}");
+        assert!(
+            update.contains("delete chain ip6 margay-policy"),
+            "{update}"
+        );
+    }
+
+    #[test]
+    fn the_model_kept_across_syncs_gives_what_a_fresh_build_gives() {
+        let mut model = PolicyModel::new();
+        let bad_tier = r#"
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: missing.p}
+spec: {tier: missing, selector: all(), types: [Ingress]}
+"#;
+        for (b_ip, more) in [
+            ("10.0.0.2/32", FROM_B.to_owned()),
+            ("10.0.0.3/32", FROM_B.to_owned()),
+            ("10.0.0.3/32", format!("{FROM_B}{bad_tier}")),
+            ("10.0.0.3/32", String::new()),
+            ("10.0.0.2/32", FROM_B.to_owned()),
+        ] {
+            let kept = model.compute(cluster(b_ip, &more), "n1");
+            let fresh = compute(cluster(b_ip, &more), "n1");
+            assert_eq!(kept.program, fresh.program);
+            assert_eq!(kept.errors, fresh.errors);
+            assert_eq!(kept.owners, fresh.owners);
+        }
     }
 
     #[test]
@@ -449,15 +557,23 @@ spec: {tier: missing, selector: all(), types: [Ingress]}
             .unwrap();
         tables.apply(first.clone()).unwrap();
         let open = compute(cluster("10.0.0.2/32", ""), "n1").program.unwrap();
-        tables.runner.fail = 1;
+        // The update and the replacement both refused: the tables' state is unknown, and
+        // the next apply replaces them.
+        tables.runner.fail = 2;
         assert_eq!(
             tables.apply(open.clone()).unwrap_err().to_string(),
             "nft -f -: refused"
         );
-        assert_eq!(tables.applied(), Some(&first));
-        assert_eq!(tables.apply(open).unwrap(), Change::Replaced);
+        assert_eq!(tables.applied(), None);
+        assert_eq!(tables.apply(open.clone()).unwrap(), Change::Replaced);
+        // The first apply refused: still nothing applied, replaced on the retry.
+        let mut fresh = PolicyTables::new(Recorder::default());
+        fresh.runner.fail = 1;
+        assert!(fresh.apply(first.clone()).is_err());
+        assert_eq!(fresh.applied(), None);
+        assert_eq!(fresh.apply(first).unwrap(), Change::Replaced);
 
-        // Set updates refused (the tables were changed behind the agent's back): replaced.
+        // Updates refused (the tables were changed behind the agent's back): replaced.
         let back = compute(cluster("10.0.0.2/32", FROM_B), "n1")
             .program
             .unwrap();

@@ -1,0 +1,437 @@
+//! Datastore write → policy applied in the kernel, at the scale of the policy issue: one
+//! node, 500 workload endpoints, 1,000 policies (the generators of
+//! `crates/margay-nft/benches/policy_program.rs`).
+//!
+//! `cargo bench -p margay --bench policy_latency` (root: a network namespace; `MARGAY_BIN`
+//! overrides the agent binary, by default this profile's `margay`; `MARGAY_DATAPLANE=iptables`
+//! runs it on the iptables dataplane). One node namespace, `margay node run` in it against a
+//! SQLite datastore in a temporary directory (whose watch polls every 25 ms: a write waits
+//! 12.5 ms on average, up to 25 ms, before the agent hears of it, and that is in every
+//! incremental figure). The endpoints need no devices: programming does not look at them.
+//!
+//! (a) Everything stored, then the agent started: time to both policy tables present (one
+//!     transaction loads both with all their chains), polled every 2 ms; and the agent's
+//!     `margay_agent_policy_programming_seconds` of that first program.
+//! (b) 40 times, a Calico NetworkPolicy written (selecting 10 endpoints): time from the write
+//!     returning to one more IPv4 chain in `nft list chains ip` (polled every 2 ms; one poll
+//!     takes ~16 ms at this size, printed, so the figure is late by up to one poll).
+//! (c) 40 times, a WorkloadEndpoint of the node written: time to its interface appearing in
+//!     the `to-wl` dispatch map (`nft list map`, polled every 2 ms, a few ms per poll).
+//!     (`nft monitor` would be exact but stops reporting after the larger update batches.)
+//!
+//! For (b) and (c), the agent's own breakdown of each apply (model, program, nft -f) is read
+//! from its "policy programmed" log lines. On iptables, (b) and (c) are read by polling
+//! `iptables-save` instead (every 2 ms; each poll takes a few ms at this size).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use margay_api::{decode, parse_documents, IPPool, Resource};
+use margay_client::Client;
+use margay_datastore::ConnectOptions;
+
+#[path = "../tests/support/host.rs"]
+mod host;
+#[path = "../tests/support/uplink.rs"]
+mod uplink;
+
+use host::{is_root, Netns};
+
+const NODE: &str = "bench";
+const NAMESPACES: usize = 10;
+const ENDPOINTS: usize = 500;
+const POLICIES: usize = 1_000;
+const WARMUP: usize = 3;
+const SAMPLES: usize = 40;
+const POLL: Duration = Duration::from_millis(2);
+
+fn bin() -> PathBuf {
+    std::env::var_os("MARGAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_margay")))
+}
+
+fn endpoint(i: usize) -> String {
+    let ns = i % NAMESPACES;
+    format!(
+        "apiVersion: margay.dev/v1\nkind: WorkloadEndpoint\nmetadata:\n  name: {NODE}-k8s-p{i}-eth0\n  \
+         namespace: ns{ns}\n  labels: {{app: app{}, tier: t{}, projectcalico.org/namespace: ns{ns}, \
+         projectcalico.org/orchestrator: k8s}}\nspec:\n  orchestrator: k8s\n  node: {NODE}\n  pod: p{i}\n  \
+         endpoint: eth0\n  interfaceName: mgy{i:011x}\n  ipNetworks: [\"10.{}.{}.{}/32\"]\n  profiles: [kns.ns{ns}]\n  \
+         ports: [{{name: http, protocol: TCP, port: 8080}}]\n",
+        i % 50,
+        i % 3,
+        10 + i / 65_536,
+        (i / 256) % 256,
+        i % 256
+    )
+}
+
+fn policy_yaml(i: usize) -> String {
+    let ns = i % NAMESPACES;
+    match i % 10 {
+        0..=1 => format!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: cnp{i}, namespace: ns{ns}}}\n\
+             spec:\n  order: {i}\n  selector: app == 'app{}'\n  ingress:\n  - action: Deny\n    source: {{selector: tier == 't{}'}}\n  \
+             - action: Allow\n    protocol: TCP\n    destination: {{ports: [{}, http]}}\n",
+            i % 50,
+            i % 3,
+            1000 + i
+        ),
+        2 => format!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: gnp{i}}}\n\
+             spec:\n  order: {i}\n  selector: tier == 't{}'\n  egress:\n  - action: Allow\n    destination: {{nets: [192.0.{}.0/24]}}\n",
+            i % 3,
+            i % 256
+        ),
+        _ => format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: knp{i}, namespace: ns{ns}}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: app{}}}}}\n  ingress:\n  - from:\n    - podSelector: {{matchLabels: {{app: app{}}}}}\n    \
+             - namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: ns{}}}}}\n    ports: [{{port: {}}}]\n",
+            i % 50,
+            (i * 7) % 50,
+            (i * 3) % NAMESPACES,
+            if i.is_multiple_of(2) { "http".to_owned() } else { (80 + i % 20).to_string() }
+        ),
+    }
+}
+
+fn one(yaml: &str) -> Resource {
+    let doc = parse_documents(yaml).unwrap().pop().unwrap();
+    decode(doc).unwrap().resource
+}
+
+/// Stores one resource of the kinds written here.
+async fn create(client: &Client, resource: Resource) {
+    match resource {
+        Resource::WorkloadEndpoint(r) => drop(client.create(&r).await.unwrap()),
+        Resource::NetworkPolicy(r) => drop(client.create(&r).await.unwrap()),
+        Resource::GlobalNetworkPolicy(r) => drop(client.create(&r).await.unwrap()),
+        Resource::KubernetesNetworkPolicy(r) => drop(client.create(&r).await.unwrap()),
+        other => panic!("not written here: {:?}", other.kind()),
+    }
+}
+
+/// A child process, killed on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iptables_save(ns: &Netns) -> String {
+    let out = ns.exec(&["iptables-save", "-t", "filter"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn poll_until(what: &str, mut done: impl FnMut() -> bool) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if done() {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn stats(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "(none)".into();
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let mean = s.iter().sum::<f64>() / s.len() as f64;
+    format!(
+        "p50 {:7.2}  p99 {:7.2}  max {:7.2}  min {:7.2}  mean {:7.2} ms (n={})",
+        percentile(&s, 50.0),
+        percentile(&s, 99.0),
+        s[s.len() - 1],
+        s[0],
+        mean,
+        s.len()
+    )
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `model_ms`, `program_ms`, `apply_ms` of the agent's "policy programmed" lines.
+fn breakdown(log: &str) -> Vec<[f64; 3]> {
+    strip_ansi(log)
+        .lines()
+        .filter(|l| l.contains("policy programmed"))
+        .filter_map(|l| {
+            let field = |name: &str| -> Option<f64> {
+                l.split(&format!("{name}="))
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            };
+            Some([field("model_ms")?, field("program_ms")?, field("apply_ms")?])
+        })
+        .collect()
+}
+
+fn print_breakdown(rows: &[[f64; 3]]) {
+    for (i, name) in ["model (sync)", "program", "apply (nft -f / restore)"]
+        .iter()
+        .enumerate()
+    {
+        let v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+        println!("    {name:26} {}", stats(&v));
+    }
+}
+
+/// A histogram's sum and count from Prometheus text.
+fn histogram(text: &str, name: &str) -> (f64, f64) {
+    let value = |suffix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (value("sum"), value("count"))
+}
+
+fn main() {
+    if !is_root() {
+        eprintln!("skipped: this benchmark needs root (network namespaces)");
+        return;
+    }
+    let iptables = std::env::var("MARGAY_DATAPLANE").is_ok_and(|d| d == "iptables");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let datastore = format!("sqlite://{}", dir.path().join("margay.db").display());
+    let ns = Netns::new("pl");
+    // No dummy module everywhere: a veth pair, both ends in the node.
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    ns.ip(&["link", "set", "eth0p", "up"]);
+    ns.ip(&["addr", "add", "192.168.79.11/24", "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    uplink::add_dead_end_uplink(&ns.name);
+
+    // Everything stored first (not timed).
+    let mut text = String::new();
+    if iptables {
+        text.push_str(
+            "apiVersion: margay.dev/v1\nkind: AgentConfiguration\nmetadata: {name: default}\n\
+             spec: {dataplane: iptables}\n---\n",
+        );
+    }
+    for i in 0..ENDPOINTS {
+        text.push_str(&endpoint(i));
+        text.push_str("---\n");
+    }
+    for i in 0..POLICIES {
+        text.push_str(&policy_yaml(i));
+        text.push_str("---\n");
+    }
+    let file = dir.path().join("resources.yaml");
+    std::fs::write(&file, text).unwrap();
+    let stored = Command::new(bin())
+        .args(["--datastore", &datastore, "apply", "-f"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(stored.success());
+    let client = rt.block_on(async {
+        Client::new(
+            margay_datastore::connect(&datastore, &ConnectOptions::default())
+                .await
+                .unwrap(),
+        )
+    });
+    let mut pool = IPPool::new("pool", "10.0.0.0/8".parse().unwrap());
+    pool.spec.block_size = Some(26);
+    rt.block_on(client.create(&pool)).unwrap();
+
+    // (a) The agent started with everything stored.
+    let log_path = dir.path().join("agent.log");
+    let started = Instant::now();
+    let _agent = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bin())
+            .args(["--datastore", &datastore])
+            .args(["node", "run", "--name", NODE])
+            .args(["--ip", "192.168.79.11/24"])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--health-addr", "127.0.0.1:9099"])
+            .args(["--metrics-addr", "127.0.0.1:9091"])
+            .args(["--resync-interval", "300s"])
+            .env_remove("CNI_COMMAND")
+            .env("MARGAY_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let first = if iptables {
+        poll_until("the iptables chains", || {
+            iptables_save(&ns).contains("-A mgy-FORWARD")
+        })
+    } else {
+        poll_until("both policy tables", || {
+            let out = ns.exec(&["nft", "list", "tables"]);
+            String::from_utf8_lossy(&out.stdout).contains("table ip6 margay-policy")
+        })
+    };
+    let full = (first - started).as_secs_f64() * 1e3;
+    let metrics = || {
+        let out = ns.exec(&[
+            "busybox",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://127.0.0.1:9091/metrics",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let chains = if iptables {
+        iptables_save(&ns)
+            .lines()
+            .filter(|l| l.starts_with(":mgy-"))
+            .count()
+    } else {
+        let out = ns.exec(&["nft", "list", "chains", "ip"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim_start().starts_with("chain "))
+            .count()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (sum, count) = histogram(&metrics(), "margay_agent_policy_programming_seconds");
+    let dataplane = if iptables { "iptables" } else { "nftables" };
+    println!(
+        "policy latency, {dataplane}: one node, {ENDPOINTS} endpoints, {POLICIES} policies \
+         (SQLite datastore, 25 ms watch poll)"
+    );
+    println!(
+        "(a) agent start → first full program in the kernel: {full:.0} ms ({chains} IPv4 chains); \
+         agent's margay_agent_policy_programming_seconds: {:.0} ms over {count} programs",
+        sum * 1e3
+    );
+    print_breakdown(&breakdown(&log()));
+
+    // `nft monitor` drops out on the larger update batches (netlink buffer), so the kernel is
+    // polled: the count of IPv4 chains (b), the `to-wl` dispatch map (c).
+    let count_chains = || {
+        let out = ns.exec(&["nft", "list", "chains", "ip"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim_start().starts_with("chain "))
+            .count()
+    };
+    let poll_cost = {
+        let t = Instant::now();
+        for _ in 0..10 {
+            count_chains();
+        }
+        t.elapsed().as_secs_f64() * 1e3 / 10.0
+    };
+    println!("    (one poll of `nft list chains ip`: {poll_cost:.1} ms)");
+    std::thread::sleep(Duration::from_millis(200));
+    let before = breakdown(&log()).len();
+    let mut b = Vec::new();
+    for i in 0..WARMUP + SAMPLES {
+        std::thread::sleep(Duration::from_millis(40 + (i as u64 * 37) % 60));
+        let name = format!("latpol{i}");
+        let ns_i = i % NAMESPACES;
+        let policy = one(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: ns{ns_i}}}\n\
+             spec:\n  order: {}\n  selector: app == 'app{ns_i}'\n  ingress:\n  - action: Allow\n    protocol: TCP\n    \
+             source: {{selector: tier == 't{}'}}\n    destination: {{ports: [{}]}}\n",
+            5000 + i,
+            i % 3,
+            20000 + i
+        ));
+        let chains_before = (!iptables).then(count_chains);
+        rt.block_on(create(&client, policy));
+        let written = Instant::now();
+        let port = format!("{}", 20000 + i);
+        let seen = match chains_before {
+            Some(n) => poll_until(&name, || count_chains() > n),
+            None => poll_until(&name, || iptables_save(&ns).contains(&port)),
+        };
+        if i >= WARMUP {
+            b.push((seen - written).as_secs_f64() * 1e3);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let rows = breakdown(&log());
+    let b_rows = rows[before..].to_vec();
+    println!(
+        "(b) NetworkPolicy written → its rules in the kernel: {}",
+        stats(&b)
+    );
+    print_breakdown(&b_rows[b_rows.len().saturating_sub(SAMPLES)..]);
+
+    let before = rows.len();
+    let mut c = Vec::new();
+    for i in 0..WARMUP + SAMPLES {
+        std::thread::sleep(Duration::from_millis(40 + (i as u64 * 37) % 60));
+        let n = ENDPOINTS + i;
+        let iface = format!("mgy{n:011x}");
+        rt.block_on(create(&client, one(&endpoint(n))));
+        let written = Instant::now();
+        let seen = match () {
+            () if iptables => poll_until(&iface, || iptables_save(&ns).contains(&iface)),
+            () => poll_until(&iface, || {
+                let out = ns.exec(&["nft", "list", "map", "ip", "margay-policy", "to-wl"]);
+                String::from_utf8_lossy(&out.stdout).contains(&iface)
+            }),
+        };
+        if i >= WARMUP {
+            c.push((seen - written).as_secs_f64() * 1e3);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let rows = breakdown(&log());
+    let c_rows = rows[before..].to_vec();
+    println!(
+        "(c) WorkloadEndpoint written → its interface in the dispatch map: {}",
+        stats(&c)
+    );
+    print_breakdown(&c_rows[c_rows.len().saturating_sub(SAMPLES)..]);
+    let (sum, count) = histogram(&metrics(), "margay_agent_watch_lag_seconds");
+    println!(
+        "margay_agent_watch_lag_seconds (change heard → sync done): mean {:.2} ms over {count} syncs",
+        sum * 1e3 / count.max(1.0)
+    );
+}
