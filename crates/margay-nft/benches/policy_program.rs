@@ -20,85 +20,19 @@
 
 use std::time::{Duration, Instant};
 
-use margay_api::{decode, parse_documents, Resource};
+use margay_api::Resource;
 use margay_iptables::{changed_chains, render_update, Family};
 use margay_nft::policy::{render, same_rules, set_updates, update, AddressFamily};
 use margay_nft::{NftCommand, NftRunner};
 use margay_policy::program::{program, Program};
 use margay_policy::{Change, Cluster, Model, ResourceKey};
+use margay_testkit::scale::{endpoint_yaml, one, policy_yaml, resources, NODE};
 
-const NODE: &str = "bench";
-const NAMESPACES: usize = 10;
 const ENDPOINTS: usize = 500;
 const POLICIES: usize = 1_000;
 const RUNS: usize = 30;
 /// Runs of the incremental path (it is fast; more runs make its p99 mean something).
 const INCREMENTAL_RUNS: usize = 200;
-
-fn endpoint(i: usize) -> String {
-    let ns = i % NAMESPACES;
-    format!(
-        "apiVersion: margay.dev/v1\nkind: WorkloadEndpoint\nmetadata:\n  name: {NODE}-k8s-p{i}-eth0\n  \
-         namespace: ns{ns}\n  labels: {{app: app{}, tier: t{}, projectcalico.org/namespace: ns{ns}, \
-         projectcalico.org/orchestrator: k8s}}\nspec:\n  orchestrator: k8s\n  node: {NODE}\n  pod: p{i}\n  \
-         endpoint: eth0\n  interfaceName: mgy{i:011x}\n  ipNetworks: [\"10.{}.{}.{}/32\"]\n  profiles: [kns.ns{ns}]\n  \
-         ports: [{{name: http, protocol: TCP, port: 8080}}]\n",
-        i % 50,
-        i % 3,
-        10 + i / 65_536,
-        (i / 256) % 256,
-        i % 256
-    )
-}
-
-fn policy_yaml(i: usize) -> String {
-    let ns = i % NAMESPACES;
-    match i % 10 {
-        // Calico NetworkPolicy with a Deny and an Allow.
-        0..=1 => format!(
-            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: cnp{i}, namespace: ns{ns}}}\n\
-             spec:\n  order: {i}\n  selector: app == 'app{}'\n  ingress:\n  - action: Deny\n    source: {{selector: tier == 't{}'}}\n  \
-             - action: Allow\n    protocol: TCP\n    destination: {{ports: [{}, http]}}\n",
-            i % 50,
-            i % 3,
-            1000 + i
-        ),
-        // GlobalNetworkPolicy with nets.
-        2 => format!(
-            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: gnp{i}}}\n\
-             spec:\n  order: {i}\n  selector: tier == 't{}'\n  egress:\n  - action: Allow\n    destination: {{nets: [192.0.{}.0/24]}}\n",
-            i % 3,
-            i % 256
-        ),
-        // Kubernetes NetworkPolicy: pod or namespace peers, numbered or named ports.
-        _ => format!(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: knp{i}, namespace: ns{ns}}}\n\
-             spec:\n  podSelector: {{matchLabels: {{app: app{}}}}}\n  ingress:\n  - from:\n    - podSelector: {{matchLabels: {{app: app{}}}}}\n    \
-             - namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: ns{}}}}}\n    ports: [{{port: {}}}]\n",
-            i % 50,
-            (i * 7) % 50,
-            (i * 3) % NAMESPACES,
-            if i.is_multiple_of(2) { "http".to_owned() } else { (80 + i % 20).to_string() }
-        ),
-    }
-}
-
-fn resources(endpoints: usize, policies: usize) -> Vec<Resource> {
-    let mut text = String::new();
-    for i in 0..endpoints {
-        text.push_str(&endpoint(i));
-        text.push_str("---\n");
-    }
-    for i in 0..policies {
-        text.push_str(&policy_yaml(i));
-        text.push_str("---\n");
-    }
-    parse_documents(&text)
-        .expect("generated YAML parses")
-        .into_iter()
-        .map(|doc| decode(doc).expect("generated documents are valid").resource)
-        .collect()
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -132,17 +66,9 @@ fn report(what: &str, mut samples: Vec<Duration>) {
     );
 }
 
-/// One decoded resource of the generated cluster.
-fn one(yaml: &str) -> Resource {
-    let doc = parse_documents(yaml)
-        .expect("generated YAML parses")
-        .remove(0);
-    decode(doc).expect("generated document is valid").resource
-}
-
-/// A workload endpoint like [`endpoint`], on another node.
+/// A workload endpoint like [`endpoint_yaml`], on another node.
 fn remote_endpoint(i: usize) -> String {
-    endpoint(i)
+    endpoint_yaml(i)
         .replace(&format!("node: {NODE}"), "node: elsewhere")
         .replace(&format!("name: {NODE}-k8s-"), "name: elsewhere-k8s-")
 }
@@ -180,7 +106,7 @@ fn scenarios(base: &[Resource]) -> Vec<Scenario> {
     vec![
         upsert_then_delete("one policy added", one(&policy_yaml(POLICIES))),
         delete_then_upsert("one policy removed", policy),
-        upsert_then_delete("one endpoint added", one(&endpoint(ENDPOINTS))),
+        upsert_then_delete("one endpoint added", one(&endpoint_yaml(ENDPOINTS))),
         delete_then_upsert("one endpoint removed", local),
         upsert_then_delete(
             "one endpoint added on another node",

@@ -7,6 +7,7 @@
 //! - [`netns`]: throwaway named network namespaces, deleted even when a test panics.
 //! - [`pods`]: the local pods of a program wired to a node namespace, trying TCP to each
 //!   other, with what arrived checked against the policy engine.
+//! - [`scale`]: the policy benchmarks' generated cluster (500 endpoints, 1,000 policies).
 //! - [`upstream`]: margay-policy's upstream NetworkPolicy cases (fixture, case files, truth
 //!   tables), parsed strictly.
 
@@ -14,4 +15,5 @@ pub mod fixture;
 pub mod netns;
 pub mod pods;
 pub mod program;
+pub mod scale;
 pub mod upstream;

@@ -24,11 +24,14 @@ use margay_datastore::ConnectOptions;
 use margay_sys::netlink::RouteMonitor;
 use margay_sys::netns::NetNs;
 
+#[path = "../tests/support/bench.rs"]
+mod bench;
 #[path = "../tests/support/host.rs"]
 mod host;
 #[path = "../tests/support/uplink.rs"]
 mod uplink;
 
+use bench::{bin, histogram, percentile, strip_ansi};
 use host::{is_root, Netns};
 
 const WARMUP: usize = 5;
@@ -37,12 +40,6 @@ const SAMPLES: usize = 100;
 const GAP_MS: (u64, u64) = (40, 140);
 /// How often the monitor is checked.
 const CHECK_EVERY: Duration = Duration::from_micros(200);
-
-fn bin() -> PathBuf {
-    std::env::var_os("MARGAY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_margay")))
-}
 
 /// A running agent, killed on drop.
 struct Agent(Child);
@@ -158,17 +155,6 @@ fn node_ip(i: usize) -> String {
     format!("192.168.78.{}", 11 + i)
 }
 
-/// A histogram's sum and count from Prometheus text.
-fn histogram(text: &str, name: &str) -> (f64, f64) {
-    let value = |suffix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (value("sum"), value("count"))
-}
-
 /// `took=…` of the agent's "synced" lines that applied exactly one operation, in ms.
 fn one_op_syncs(log: &str) -> Vec<f64> {
     strip_ansi(log)
@@ -181,23 +167,6 @@ fn one_op_syncs(log: &str) -> Vec<f64> {
         .collect()
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Rust's `Debug` of a Duration: `1.234567ms`, `812.3µs`, `1.2s`.
 fn parse_duration_ms(s: &str) -> Option<f64> {
     for (unit, scale) in [("ms", 1.0), ("µs", 1e-3), ("ns", 1e-6), ("s", 1e3)] {
@@ -206,12 +175,6 @@ fn parse_duration_ms(s: &str) -> Option<f64> {
         }
     }
     None
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    // Nearest rank.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn stats(v: &[f64]) -> String {

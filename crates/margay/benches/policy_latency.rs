@@ -23,84 +23,29 @@
 //! from its "policy programmed" log lines. On iptables, (b) and (c) are read by polling
 //! `iptables-save` instead (every 2 ms; each poll takes a few ms at this size).
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use margay_api::{decode, parse_documents, IPPool, Resource};
+use margay_api::{IPPool, Resource};
 use margay_client::Client;
 use margay_datastore::ConnectOptions;
 
+#[path = "../tests/support/bench.rs"]
+mod bench;
 #[path = "../tests/support/host.rs"]
 mod host;
 #[path = "../tests/support/uplink.rs"]
 mod uplink;
 
+use bench::{bin, histogram, percentile, strip_ansi};
 use host::{is_root, Netns};
+use margay_testkit::scale::{cluster_yaml, endpoint_yaml, one, NAMESPACES, NODE};
 
-const NODE: &str = "bench";
-const NAMESPACES: usize = 10;
 const ENDPOINTS: usize = 500;
 const POLICIES: usize = 1_000;
 const WARMUP: usize = 3;
 const SAMPLES: usize = 40;
 const POLL: Duration = Duration::from_millis(2);
-
-fn bin() -> PathBuf {
-    std::env::var_os("MARGAY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_margay")))
-}
-
-fn endpoint(i: usize) -> String {
-    let ns = i % NAMESPACES;
-    format!(
-        "apiVersion: margay.dev/v1\nkind: WorkloadEndpoint\nmetadata:\n  name: {NODE}-k8s-p{i}-eth0\n  \
-         namespace: ns{ns}\n  labels: {{app: app{}, tier: t{}, projectcalico.org/namespace: ns{ns}, \
-         projectcalico.org/orchestrator: k8s}}\nspec:\n  orchestrator: k8s\n  node: {NODE}\n  pod: p{i}\n  \
-         endpoint: eth0\n  interfaceName: mgy{i:011x}\n  ipNetworks: [\"10.{}.{}.{}/32\"]\n  profiles: [kns.ns{ns}]\n  \
-         ports: [{{name: http, protocol: TCP, port: 8080}}]\n",
-        i % 50,
-        i % 3,
-        10 + i / 65_536,
-        (i / 256) % 256,
-        i % 256
-    )
-}
-
-fn policy_yaml(i: usize) -> String {
-    let ns = i % NAMESPACES;
-    match i % 10 {
-        0..=1 => format!(
-            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: cnp{i}, namespace: ns{ns}}}\n\
-             spec:\n  order: {i}\n  selector: app == 'app{}'\n  ingress:\n  - action: Deny\n    source: {{selector: tier == 't{}'}}\n  \
-             - action: Allow\n    protocol: TCP\n    destination: {{ports: [{}, http]}}\n",
-            i % 50,
-            i % 3,
-            1000 + i
-        ),
-        2 => format!(
-            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: gnp{i}}}\n\
-             spec:\n  order: {i}\n  selector: tier == 't{}'\n  egress:\n  - action: Allow\n    destination: {{nets: [192.0.{}.0/24]}}\n",
-            i % 3,
-            i % 256
-        ),
-        _ => format!(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: knp{i}, namespace: ns{ns}}}\n\
-             spec:\n  podSelector: {{matchLabels: {{app: app{}}}}}\n  ingress:\n  - from:\n    - podSelector: {{matchLabels: {{app: app{}}}}}\n    \
-             - namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: ns{}}}}}\n    ports: [{{port: {}}}]\n",
-            i % 50,
-            (i * 7) % 50,
-            (i * 3) % NAMESPACES,
-            if i.is_multiple_of(2) { "http".to_owned() } else { (80 + i % 20).to_string() }
-        ),
-    }
-}
-
-fn one(yaml: &str) -> Resource {
-    let doc = parse_documents(yaml).unwrap().pop().unwrap();
-    decode(doc).unwrap().resource
-}
 
 /// Stores one resource of the kinds written here.
 async fn create(client: &Client, resource: Resource) {
@@ -139,11 +84,6 @@ fn poll_until(what: &str, mut done: impl FnMut() -> bool) -> Instant {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn stats(v: &[f64]) -> String {
     if v.is_empty() {
         return "(none)".into();
@@ -160,23 +100,6 @@ fn stats(v: &[f64]) -> String {
         mean,
         s.len()
     )
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// `model_ms`, `program_ms`, `apply_ms` of the agent's "policy programmed" lines.
@@ -206,17 +129,6 @@ fn print_breakdown(rows: &[[f64; 3]]) {
         let v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
         println!("    {name:26} {}", stats(&v));
     }
-}
-
-/// A histogram's sum and count from Prometheus text.
-fn histogram(text: &str, name: &str) -> (f64, f64) {
-    let value = |suffix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (value("sum"), value("count"))
 }
 
 fn main() {
@@ -249,14 +161,7 @@ fn main() {
              spec: {dataplane: iptables}\n---\n",
         );
     }
-    for i in 0..ENDPOINTS {
-        text.push_str(&endpoint(i));
-        text.push_str("---\n");
-    }
-    for i in 0..POLICIES {
-        text.push_str(&policy_yaml(i));
-        text.push_str("---\n");
-    }
+    text.push_str(&cluster_yaml(ENDPOINTS, POLICIES));
     let file = dir.path().join("resources.yaml");
     std::fs::write(&file, text).unwrap();
     let stored = Command::new(bin())
@@ -408,7 +313,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(40 + (i as u64 * 37) % 60));
         let n = ENDPOINTS + i;
         let iface = format!("mgy{n:011x}");
-        rt.block_on(create(&client, one(&endpoint(n))));
+        rt.block_on(create(&client, one(&endpoint_yaml(n))));
         let written = Instant::now();
         let seen = match () {
             () if iptables => poll_until(&iface, || iptables_save(&ns).contains(&iface)),
