@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  etcd-server protobuf-compiler nftables iptables ipset iproute2 bird2
+  etcd-server protobuf-compiler nftables iptables ipset iproute2 bird2 gobgpd
   containerd runc containernetworking-plugins iperf3 jq openssl
   iputils-ping busybox-static
 )

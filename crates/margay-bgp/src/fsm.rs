@@ -22,6 +22,9 @@ pub struct SessionConfig {
     pub router_id: Ipv4Addr,
     /// Proposed hold time in seconds: 0 (no keepalives) or at least 3.
     pub hold_time: u16,
+    /// Seconds between KEEPALIVEs; `None` is a third of the negotiated hold time, which
+    /// also caps a configured value.
+    pub keepalive_time: Option<u16>,
     pub connect_retry_time: Duration,
     /// Delay before restarting on its own after an error (the optional
     /// IdleHoldTimer of RFC 4271 §8.1.1).
@@ -49,6 +52,7 @@ impl SessionConfig {
             remote_as,
             router_id,
             hold_time: 90,
+            keepalive_time: None,
             connect_retry_time: Duration::from_secs(120),
             idle_hold_time: Duration::from_secs(5),
             families: vec![AddressFamily::Ipv4Unicast],
@@ -466,9 +470,9 @@ impl Session {
             }
             Event::TimerExpired(Timer::Keepalive) => {
                 acts.push(Action::Send(Message::Keepalive));
-                let hold = self.hold();
-                if hold > 0 {
-                    self.start_timer(acts, Timer::Keepalive, secs(hold / 3));
+                if let Some(n) = self.negotiated.as_ref().filter(|n| n.hold_time > 0) {
+                    let keepalive = secs(n.keepalive_time);
+                    self.start_timer(acts, Timer::Keepalive, keepalive);
                 }
             }
             // ConnectRetry and IdleHold do not run in these states.
@@ -558,7 +562,9 @@ impl Session {
             remote_as: open.asn(),
             remote_id: open.bgp_id,
             hold_time,
-            keepalive_time: hold_time / 3,
+            keepalive_time: c
+                .keepalive_time
+                .map_or(hold_time / 3, |k| k.clamp(1, (hold_time / 3).max(1))),
             families,
             four_octet_as: open.four_octet_as().is_some(),
             route_refresh: open.route_refresh(),

@@ -1,5 +1,24 @@
-//! Margay's BGP-4 speaker core, with no I/O: no sockets, no clocks, no
-//! tasks. The node agent owns those and drives three pieces:
+//! Margay's BGP-4: a pure core with no I/O (no sockets, no clocks, no tasks),
+//! and [`speaker`], the tokio runtime that drives it over TCP.
+//!
+//! The node agent uses the speaker: [`speaker::Speaker::start`] with a
+//! [`speaker::SpeakerConfig`] and a [`sink::RouteSink`] (the kernel through
+//! [`sink::NetlinkSink`], or [`sink::MemorySink`] in tests), then
+//! [`set_peers`](speaker::Speaker::set_peers) and
+//! [`set_originated`](speaker::Speaker::set_originated) whenever the
+//! datastore changes, [`status`](speaker::Speaker::status) and
+//! [`counters`](speaker::Speaker::counters) for `margay-ctl` and metrics, and
+//! [`shutdown`](speaker::Speaker::shutdown) or
+//! [`shutdown_for_restart`](speaker::Speaker::shutdown_for_restart) (graceful
+//! restart: peers keep our routes, the kernel keeps theirs) on the way out.
+//! The speaker accepts and makes connections (TCP MD5 keys through
+//! `margay_sys::tcp_md5`), resolves collisions, runs the timers, answers
+//! every undecodable message with the NOTIFICATION the codec maps, reflects
+//! routes when given a cluster id, and hands best routes to the sink in
+//! batches from a thread of its own, never installing routes via this node
+//! or its own prefixes.
+//!
+//! The core, for whoever drives it another way:
 //!
 //! - [`codec`]: [`codec::decode`] takes the bytes read so far and returns
 //!   one [`codec::Message`] and how many bytes it used, `Ok(None)` when more
@@ -40,3 +59,5 @@
 pub mod codec;
 pub mod fsm;
 pub mod rib;
+pub mod sink;
+pub mod speaker;

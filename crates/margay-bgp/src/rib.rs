@@ -7,7 +7,7 @@
 //! costs one selection per prefix.
 
 use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -142,12 +142,167 @@ struct Path {
     stale: bool,
 }
 
+/// One prefix's candidates. Kept small, as a full table has one per prefix: the single
+/// path most prefixes have is stored inline, and the selected path is split so that its
+/// source and the dirty flag share a word.
 #[derive(Debug, Default)]
 struct Dest {
-    paths: Vec<Path>,
-    /// Selected at the last flush.
-    best: Option<(Src, Arc<RouteAttrs>)>,
+    paths: Paths,
+    /// Source of the path selected at the last flush (meaningless without `best_attrs`).
+    best_src: Src,
     dirty: bool,
+    best_attrs: Option<Arc<RouteAttrs>>,
+}
+
+impl Dest {
+    /// Selected at the last flush.
+    fn best(&self) -> Option<(Src, Arc<RouteAttrs>)> {
+        self.best_attrs.clone().map(|a| (self.best_src, a))
+    }
+
+    fn set_best(&mut self, best: Option<(Src, Arc<RouteAttrs>)>) {
+        match best {
+            Some((src, attrs)) => {
+                self.best_src = src;
+                self.best_attrs = Some(attrs);
+            }
+            None => self.best_attrs = None,
+        }
+    }
+}
+
+/// A vector of paths that holds one without allocating, in the space of one (the vector
+/// behind a box keeps it that small).
+#[derive(Debug, Default)]
+enum Paths {
+    #[default]
+    None,
+    One(Path),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Path>>),
+}
+
+impl Paths {
+    fn as_slice(&self) -> &[Path] {
+        match self {
+            Paths::None => &[],
+            Paths::One(p) => std::slice::from_ref(p),
+            Paths::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Path] {
+        match self {
+            Paths::None => &mut [],
+            Paths::One(p) => std::slice::from_mut(p),
+            Paths::Many(v) => v,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, path: Path) {
+        *self = match std::mem::take(self) {
+            Paths::None => Paths::One(path),
+            Paths::One(p) => Paths::Many(Box::new(vec![p, path])),
+            Paths::Many(mut v) => {
+                v.push(path);
+                Paths::Many(v)
+            }
+        };
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&Path) -> bool) {
+        match self {
+            Paths::None => {}
+            Paths::One(p) => {
+                let mut keep = keep;
+                if !keep(p) {
+                    *self = Paths::None;
+                }
+            }
+            Paths::Many(v) => {
+                v.retain(keep);
+                match v.len() {
+                    0 => *self = Paths::None,
+                    1 => *self = Paths::One(v.remove(0)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The Loc-RIB, one table per family: an IPv4 key is 5 bytes where an `IpNet` is 18, and
+/// a full IPv4 table is the common case. The IPv4 table is split in shards by hash: a
+/// growing table reallocates one small shard at a time, where one big table would hold its
+/// old and new arrays at once (half as much memory again, at 100,000 prefixes).
+#[derive(Debug)]
+struct Loc {
+    v4: Vec<HashMap<ipnet::Ipv4Net, Dest>>,
+    v6: HashMap<ipnet::Ipv6Net, Dest>,
+}
+
+const V4_SHARDS: usize = 64;
+
+impl Default for Loc {
+    fn default() -> Self {
+        Loc {
+            v4: (0..V4_SHARDS).map(|_| HashMap::default()).collect(),
+            v6: HashMap::default(),
+        }
+    }
+}
+
+impl Loc {
+    fn shard(&mut self, n: &ipnet::Ipv4Net) -> &mut HashMap<ipnet::Ipv4Net, Dest> {
+        let mut h = FxHasher::default();
+        n.hash(&mut h);
+        // The top bits: the maps themselves index by the low ones.
+        let i = (h.finish() >> 58) as usize % V4_SHARDS;
+        &mut self.v4[i]
+    }
+
+    fn get_mut(&mut self, prefix: &IpNet) -> Option<&mut Dest> {
+        match prefix {
+            IpNet::V4(n) => self.shard(n).get_mut(n),
+            IpNet::V6(n) => self.v6.get_mut(n),
+        }
+    }
+
+    fn get_or_default(&mut self, prefix: IpNet) -> &mut Dest {
+        match prefix {
+            IpNet::V4(n) => self.shard(&n).entry(n).or_default(),
+            IpNet::V6(n) => self.v6.entry(n).or_default(),
+        }
+    }
+
+    fn remove(&mut self, prefix: &IpNet) {
+        match prefix {
+            IpNet::V4(n) => self.shard(n).remove(n),
+            IpNet::V6(n) => self.v6.remove(n),
+        };
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IpNet, &Dest)> {
+        let v4 = self.v4.iter().flatten().map(|(n, d)| (IpNet::V4(*n), d));
+        v4.chain(self.v6.iter().map(|(n, d)| (IpNet::V6(*n), d)))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (IpNet, &mut Dest)> {
+        let v4 = self
+            .v4
+            .iter_mut()
+            .flatten()
+            .map(|(n, d)| (IpNet::V4(*n), d));
+        v4.chain(self.v6.iter_mut().map(|(n, d)| (IpNet::V6(*n), d)))
+    }
 }
 
 #[derive(Debug)]
@@ -178,7 +333,7 @@ pub struct Rib {
     cfg: RibConfig,
     peers: Vec<Option<Peer>>,
     by_addr: HashMap<IpAddr, Src>,
-    loc: HashMap<IpNet, Dest>,
+    loc: Loc,
     dirty: Vec<IpNet>,
     intern: HashSet<Arc<RouteAttrs>>,
     intern_swept_at: usize,
@@ -197,7 +352,7 @@ impl Rib {
             cfg,
             peers: Vec::new(),
             by_addr: HashMap::default(),
-            loc: HashMap::default(),
+            loc: Loc::default(),
             dirty: Vec::new(),
             intern: HashSet::default(),
             intern_swept_at: 0,
@@ -262,8 +417,13 @@ impl Rib {
             p.session = None;
         }
         if retain_routes {
-            for dest in self.loc.values_mut() {
-                for p in dest.paths.iter_mut().filter(|p| p.src == src) {
+            for (_, dest) in self.loc.iter_mut() {
+                for p in dest
+                    .paths
+                    .as_mut_slice()
+                    .iter_mut()
+                    .filter(|p| p.src == src)
+                {
                     p.stale = true;
                 }
             }
@@ -295,6 +455,15 @@ impl Rib {
             .get(&addr)
             .and_then(|&s| self.peers[s as usize].as_ref())
             .map_or(0, |p| p.counts[family as usize])
+    }
+
+    /// Prefixes currently advertised to the peer (its Adj-RIB-Out), all families.
+    pub fn advertised_count(&self, addr: IpAddr) -> usize {
+        self.by_addr
+            .get(&addr)
+            .and_then(|&s| self.peers[s as usize].as_ref())
+            .and_then(|p| p.session.as_ref())
+            .map_or(0, |s| s.adj_out.len())
     }
 
     /// Originates `prefix` (origin IGP, empty AS_PATH), e.g. an IPAM block.
@@ -425,11 +594,11 @@ impl Rib {
     }
 
     fn set_path(&mut self, prefix: IpNet, src: Src, attrs: Arc<RouteAttrs>) {
-        let dest = self.loc.entry(prefix).or_default();
+        let dest = self.loc.get_or_default(prefix);
         if !std::mem::replace(&mut dest.dirty, true) {
             self.dirty.push(prefix);
         }
-        match dest.paths.iter_mut().find(|p| p.src == src) {
+        match dest.paths.as_mut_slice().iter_mut().find(|p| p.src == src) {
             Some(p) => {
                 p.attrs = attrs;
                 p.stale = false;
@@ -462,8 +631,8 @@ impl Rib {
     /// Removes the peer's paths matching `pred`.
     fn drop_paths(&mut self, src: Src, pred: impl Fn(&PathView) -> bool) {
         let mut removed = Vec::new();
-        for (prefix, dest) in &mut self.loc {
-            let fam = family(prefix);
+        for (prefix, dest) in self.loc.iter_mut() {
+            let fam = family(&prefix);
             let before = dest.paths.len();
             dest.paths.retain(|p| {
                 p.src != src
@@ -473,7 +642,7 @@ impl Rib {
                     })
             });
             if dest.paths.len() != before {
-                removed.push(*prefix);
+                removed.push(prefix);
             }
         }
         // Deterministic output order regardless of hashing.
@@ -494,11 +663,13 @@ impl Rib {
                 continue;
             };
             dest.dirty = false;
-            let new = select(&self.cfg, &self.peers, &dest.paths).map(|i| {
-                let p = &dest.paths[i];
+            let paths = dest.paths.as_slice();
+            let new = select(&self.cfg, &self.peers, paths).map(|i| {
+                let p = &paths[i];
                 (p.src, p.attrs.clone())
             });
-            let old = std::mem::replace(&mut dest.best, new.clone());
+            let old = dest.best();
+            dest.set_best(new.clone());
             if dest.paths.is_empty() {
                 self.loc.remove(&prefix);
             }
@@ -542,7 +713,7 @@ impl Rib {
                 let mut table: Vec<(IpNet, (Src, Arc<RouteAttrs>))> = self
                     .loc
                     .iter()
-                    .filter_map(|(n, d)| d.best.clone().map(|b| (*n, b)))
+                    .filter_map(|(n, d)| d.best().map(|b| (n, b)))
                     .collect();
                 table.sort_unstable_by_key(|(n, _)| *n);
                 for (prefix, best) in table {
@@ -872,4 +1043,41 @@ fn pack(prefixes: &[IpNet], room: usize) -> Vec<&[IpNet]> {
         chunks.push(&prefixes[start..]);
     }
     chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full table holds one `Dest` per prefix: its size is the RIB's memory.
+    #[test]
+    fn per_prefix_state_stays_small() {
+        assert_eq!(std::mem::size_of::<Path>(), 16);
+        assert_eq!(std::mem::size_of::<Paths>(), 16);
+        assert_eq!(std::mem::size_of::<Dest>(), 32);
+        assert_eq!(std::mem::size_of::<(ipnet::Ipv4Net, Dest)>(), 40);
+    }
+
+    #[test]
+    fn paths_hold_one_inline_and_shrink_back() {
+        let attrs = Arc::new(RouteAttrs {
+            pa: PathAttributes::default(),
+            nh: NextHop::Local,
+        });
+        let path = |src| Path {
+            src,
+            attrs: attrs.clone(),
+            stale: false,
+        };
+        let mut p = Paths::default();
+        p.push(path(1));
+        assert!(matches!(p, Paths::One(_)));
+        p.push(path(2));
+        p.push(path(3));
+        assert_eq!(p.len(), 3);
+        p.retain(|x| x.src == 2);
+        assert!(matches!(p, Paths::One(ref x) if x.src == 2));
+        p.retain(|_| false);
+        assert!(p.is_empty() && matches!(p, Paths::None));
+    }
 }

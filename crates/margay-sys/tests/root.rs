@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use margay_sys::netlink::{
-    FdbEntry, Link, Mac, Neighbour, Route, RouteMonitor, RouteScope, RouteSocket, RouteType,
-    VethRequest, VxlanInfo, VxlanRequest,
+    FdbEntry, Link, Mac, Neighbour, Route, RouteMonitor, RouteOp, RouteScope, RouteSocket,
+    RouteType, VethRequest, VxlanInfo, VxlanRequest,
 };
 use margay_sys::netns::{self, NetNs};
 use margay_sys::{process, sysctl};
@@ -1312,4 +1312,63 @@ fn ip_json_in(lab: &LabNs, args: &[&str]) -> Value {
     let mut all = vec!["-n", &lab.name, "-j"];
     all.extend(args);
     serde_json::from_str(&ip(&all)).unwrap()
+}
+
+/// Thousands of changes in batches: all applied, and each refusal reported at its own index.
+#[test]
+fn apply_routes_batches_and_reports_refusals_by_index() {
+    require_root!();
+    let t = TestNs::new();
+    let mut sock = t.socket();
+    let route = |i: u32| Route {
+        protocol: Route::PROTO_MARGAY,
+        kind: RouteType::Blackhole,
+        ..Route::new(IpNet::from(IpAddr::from([
+            10,
+            200,
+            (i >> 8) as u8,
+            i as u8,
+        ])))
+    };
+    let mut ops: Vec<RouteOp> = (0..1000).map(|i| RouteOp::Replace(route(i))).collect();
+    // Unreachable gateway: refused, and the rest of its datagram still applied.
+    ops.insert(
+        300,
+        RouteOp::Replace(Route {
+            gateway: Some("192.0.2.1".parse().unwrap()),
+            protocol: Route::PROTO_MARGAY,
+            ..Route::new("10.201.0.0/24".parse().unwrap())
+        }),
+    );
+    let refused = sock.apply_routes(&ops).unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, 300);
+    assert!(
+        refused[0].1.to_string().contains("10.201.0.0/24"),
+        "{}",
+        refused[0].1
+    );
+    let ours = |sock: &mut RouteSocket| {
+        sock.routes(false)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.protocol == Route::PROTO_MARGAY)
+            .count()
+    };
+    assert_eq!(ours(&mut sock), 1000);
+    // Replacing again is harmless; deleting a missing route is a not-found refusal.
+    assert!(sock.apply_routes(&ops[..10]).unwrap().is_empty());
+    let mut deletes: Vec<RouteOp> = (0..1000).map(|i| RouteOp::Delete(route(i))).collect();
+    deletes.push(RouteOp::Delete(route(5000)));
+    let refused = sock.apply_routes(&deletes).unwrap();
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].0 == 1000 && refused[0].1.is_not_found(),
+        "{}",
+        refused[0].1
+    );
+    assert_eq!(ours(&mut sock), 0);
+    // The socket is still in step for ordinary requests.
+    sock.add_route(&route(1)).unwrap();
+    assert_eq!(ours(&mut sock), 1);
 }

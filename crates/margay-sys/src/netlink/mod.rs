@@ -4,6 +4,7 @@
 //! No async runtime: the CNI plugin is a short-lived process whose whole ADD must take a few
 //! milliseconds, and each operation here is one `send` and (usually) one `recv`.
 
+mod batch;
 mod build;
 mod monitor;
 mod parse;
@@ -27,6 +28,7 @@ use crate::netns::NetNs;
 use crate::Error;
 use wire::{Failure, OnMessage};
 
+pub use batch::RouteOp;
 pub use monitor::RouteMonitor;
 
 /// An Ethernet (MAC) address.
