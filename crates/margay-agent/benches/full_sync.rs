@@ -401,7 +401,7 @@ fn round(url: &str, r: usize, t: &mut Timings) {
             let host = host();
             let mut kernel = LinuxKernel::new().unwrap();
             let start = Instant::now();
-            let report = sync_once(&client, &host, &mut kernel, &mut Default::default())
+            let report = sync_once(&client, &host, &mut kernel, &mut Default::default(), true)
                 .await
                 .unwrap();
             let first = ms(start.elapsed());
@@ -415,7 +415,7 @@ fn round(url: &str, r: usize, t: &mut Timings) {
             let mut steady = Vec::new();
             for _ in 0..STEADY {
                 let start = Instant::now();
-                let report = sync_once(&client, &host, &mut kernel, &mut Default::default())
+                let report = sync_once(&client, &host, &mut kernel, &mut Default::default(), true)
                     .await
                     .unwrap();
                 steady.push(ms(start.elapsed()));
@@ -431,7 +431,7 @@ fn round(url: &str, r: usize, t: &mut Timings) {
             assert!(block::assign(&mut b.spec, first_ip, &attr));
             client.create(&b).await.unwrap();
             let start = Instant::now();
-            let report = sync_once(&client, &host, &mut kernel, &mut Default::default())
+            let report = sync_once(&client, &host, &mut kernel, &mut Default::default(), true)
                 .await
                 .unwrap();
             let added = ms(start.elapsed());
@@ -441,7 +441,7 @@ fn round(url: &str, r: usize, t: &mut Timings) {
                 .delete::<IPAMBlock>(None, &b.metadata.name, None)
                 .await
                 .unwrap();
-            let report = sync_once(&client, &host, &mut kernel, &mut Default::default())
+            let report = sync_once(&client, &host, &mut kernel, &mut Default::default(), true)
                 .await
                 .unwrap();
             assert_eq!(report.ops, 1);
@@ -474,7 +474,7 @@ struct Pieces {
 async fn pieces(client: &Client, kernel: &mut LinuxKernel, p: &mut Pieces) -> usize {
     let host = host();
     let start = Instant::now();
-    let model = Model::load(client, NODE).await.unwrap();
+    let model = Model::load(client, NODE, true).await.unwrap();
     p.load.push(ms(start.elapsed()));
     let start = Instant::now();
     let changed = register::ensure_tunnels(client, &model, NODE)

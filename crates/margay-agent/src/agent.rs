@@ -7,12 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::stream::{select_all, StreamExt};
+use futures::stream::StreamExt;
 use futures::FutureExt;
 use ipnet::{IpNet, Ipv4Net};
 use margay_api::{Dataplane, Kind, Resource};
-use margay_client::Client;
-use margay_datastore::{Query, SharedDatastore};
+use margay_client::{decode_resource, Client};
+use margay_datastore::{Event, EventStream, Query, SharedDatastore};
 use margay_iptables::IptablesCommand;
 use margay_nft::{Applier, NftCommand};
 use margay_policy::program::Program;
@@ -59,8 +59,9 @@ pub struct SyncReport {
     pub pools: Vec<serde_json::Value>,
     /// When a held-back deletion (see [`Grace`]) falls due: sync again by then.
     pub next_due: Option<Instant>,
-    /// What the policy engine reads, from the same snapshot (see [`policy::PolicyModel`]).
-    pub policy_inputs: Vec<Resource>,
+    /// What the policy engine reads, from the same snapshot (see [`policy::PolicyModel`]),
+    /// when it was read.
+    pub policy_inputs: Option<Vec<Resource>>,
     /// Where policy goes: `AgentConfiguration.dataplane`, from the same snapshot.
     pub dataplane: Dataplane,
 }
@@ -108,10 +109,11 @@ pub async fn sync_once<K: Kernel>(
     host: &Host,
     kernel: &mut K,
     grace: &mut Grace,
+    with_policy: bool,
 ) -> Result<SyncReport, Error> {
-    let mut model = Model::load(client, &host.node).await?;
+    let mut model = Model::load(client, &host.node, with_policy).await?;
     if register::ensure_tunnels(client, &model, &host.node).await? {
-        model = Model::load(client, &host.node).await?;
+        model = Model::load(client, &host.node, with_policy).await?;
     }
     let plan = plan::plan(&model, host);
     let policy_inputs = std::mem::take(&mut model.policy_inputs);
@@ -221,7 +223,10 @@ fn status_json(
         "vxlanPeers": model_plan.fdb.len(),
         "pools": report.pools,
         "ready": true,
-        "lastSync": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "lastSync": rfc3339_now(),
+        // When the agent last acted on a datastore change (a sync, or a policy change
+        // applied from the watch alone).
+        "lastEvent": rfc3339_now(),
         "lastSyncSeconds": took.as_secs_f64(),
         "errors": errors,
         "warnings": model_plan.warnings,
@@ -230,32 +235,94 @@ fn status_json(
     })
 }
 
-/// Waits until something watched changes after `revision`, or `timeout` passes. Returns
-/// when the change arrived, if one did.
-async fn wait_for_change(
-    ds: &SharedDatastore,
-    revision: i64,
-    timeout: Duration,
-) -> Option<Instant> {
-    let mut streams = Vec::new();
-    for kind in watched() {
-        match ds.watch(&Query::kind(kind.name()), revision).await {
-            Ok(s) => streams.push(s),
-            // Compacted or unreachable: resync now; the loop handles the outage.
-            Err(_) => return None,
-        }
+fn rfc3339_now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Every watched kind's changes after one revision, merged into one stream, kept open while
+/// only policy changes arrive (each applied at once, see [`run_loop`]).
+struct Watch {
+    events: EventStream,
+}
+
+/// What arrived: the events already there when the first came, and when it came.
+struct Arrived {
+    at: Instant,
+    events: Vec<Event>,
+    /// A stream failed (compacted history, datastore gone): only a full sync can tell what
+    /// is missing.
+    broken: bool,
+}
+
+impl Watch {
+    /// `None` when a watch cannot be opened (compacted, unreachable): resync now; the loop
+    /// handles the outage.
+    async fn open(ds: &SharedDatastore, revision: i64) -> Option<Watch> {
+        let queries: Vec<Query> = watched().map(|kind| Query::kind(kind.name())).collect();
+        Some(Watch {
+            events: ds.watch_many(&queries, revision).await.ok()?,
+        })
     }
-    let mut all = select_all(streams);
-    match tokio::time::timeout(timeout, all.next()).await {
-        Ok(Some(Ok(_))) => {
-            let arrived = Instant::now();
-            // A burst (a pod: block, handle, endpoint) arrives together; take what is already
-            // here without waiting for more, so one sync covers it.
-            while let Some(Some(Ok(_))) = all.next().now_or_never() {}
-            Some(arrived)
+
+    /// Waits until something changes, or `timeout` passes (`None`).
+    async fn next(&mut self, timeout: Duration) -> Option<Arrived> {
+        let first = tokio::time::timeout(timeout, self.events.next())
+            .await
+            .ok()?;
+        let mut arrived = Arrived {
+            at: Instant::now(),
+            events: Vec::new(),
+            broken: false,
+        };
+        let mut item = first;
+        // A burst (a pod: block, handle, endpoint) arrives together; take what is already
+        // here without waiting for more, so one pass covers it.
+        loop {
+            match item {
+                Some(Ok(event)) => arrived.events.push(event),
+                Some(Err(_)) | None => {
+                    arrived.broken = true;
+                    break;
+                }
+            }
+            match self.events.next().now_or_never() {
+                Some(next) => item = next,
+                None => break,
+            }
         }
-        _ => None,
+        Some(arrived)
     }
+}
+
+/// The policy engine's changes in `events`, or `None` when one cannot be read (only a full
+/// sync can then tell what is stored).
+fn policy_changes(events: &[Event]) -> Option<Vec<margay_policy::Change>> {
+    let mut changes = Vec::new();
+    for event in events {
+        let kind = margay_policy::INPUT_KINDS
+            .into_iter()
+            .find(|k| k.name() == event.key().kind);
+        let Some(kind) = kind else { continue };
+        changes.push(match event {
+            Event::Put(kv) => margay_policy::Change::Upsert(decode_resource(kv).ok()?),
+            Event::Delete { key, .. } => margay_policy::Change::Delete(
+                margay_policy::ResourceKey::new(kind, key.namespace.as_deref(), &key.name),
+            ),
+        });
+    }
+    Some(changes)
+}
+
+/// Whether the plan (routes, tunnels, NAT, configuration) may depend on what changed: all
+/// but the policy engine's own kinds. WorkloadEndpoints are both (their routes).
+/// Only changes after `synced` (the revision the last sync's snapshot includes) count.
+fn needs_sync(events: &[Event], synced: i64) -> bool {
+    events.iter().filter(|e| e.revision() > synced).any(|e| {
+        e.key().kind == Kind::WorkloadEndpoint.name()
+            || !margay_policy::INPUT_KINDS
+                .iter()
+                .any(|k| k.name() == e.key().kind)
+    })
 }
 
 /// Runs until the process is stopped; returns only on a start-up error.
@@ -272,7 +339,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
     };
     register::register(&client, &opts.node, ip).await?;
     write_state(&opts.state_dir, "nodename", &opts.node)?;
-    let config = Model::load(&client, &opts.node).await?.config;
+    let config = Model::load(&client, &opts.node, false).await?.config;
     let health = Health::new();
     let metrics = Metrics::new();
     let health_addr = opts.health_addr.or_else(|| {
@@ -349,6 +416,11 @@ async fn run_loop(
     let mut policy_errors: Vec<String> = Vec::new();
     // The policy engine's model, kept across syncs: each snapshot applies only what changed.
     let mut policy_model = policy::PolicyModel::new();
+    // The watch whose every change so far the policy model has applied. While it lasts, a
+    // sync for the plan's sake need not read the policy kinds again (their changes keep
+    // arriving on it); without one, the sync reads them and a new watch starts.
+    let mut watch: Option<Watch> = None;
+    let mut policy_status = json!(null);
     loop {
         health.heartbeat();
         // No change arrived: this is the periodic resync, which also checks that the policy
@@ -363,10 +435,12 @@ async fn run_loop(
                     Error::Io(format!("datastore: no answer within {DATASTORE_TIMEOUT:?}"))
                 })??;
             let started = Instant::now();
-            let report =
-                tokio::time::timeout(SYNC_TIMEOUT, sync_once(client, host, kernel, &mut grace))
-                    .await
-                    .map_err(|_| Error::Io(format!("sync took longer than {SYNC_TIMEOUT:?}")))??;
+            let report = tokio::time::timeout(
+                SYNC_TIMEOUT,
+                sync_once(client, host, kernel, &mut grace, watch.is_none()),
+            )
+            .await
+            .map_err(|_| Error::Io(format!("sync took longer than {SYNC_TIMEOUT:?}")))??;
             Ok::<_, Error>((revision, started, report))
         };
         let (revision, started, mut report) = match attempt.await {
@@ -411,18 +485,35 @@ async fn run_loop(
                 }
             }
         }
-        let outcome = program_policy(
-            &mut policy_model,
-            dataplanes,
-            report.dataplane,
-            std::mem::take(&mut report.policy_inputs),
-            host,
-            &opts.state_dir,
-            metrics,
-            &mut errors,
-            &policy_errors,
-        );
-        policy_errors.clone_from(&outcome.errors);
+        let policy_started = Instant::now();
+        let computed = match report.policy_inputs.take() {
+            Some(inputs) => Some(policy_model.compute(inputs, &host.node)),
+            // The model is current (the watch's changes), but AgentConfiguration asks for
+            // another dataplane: the program moves there.
+            None if dataplanes.active() != Some(report.dataplane) => {
+                policy_model.apply(Vec::new(), &host.node)
+            }
+            None => None,
+        };
+        if let Some(computed) = computed {
+            let outcome = program_policy(
+                computed,
+                policy_started,
+                dataplanes,
+                report.dataplane,
+                &opts.state_dir,
+                metrics,
+                &mut errors,
+                &policy_errors,
+            );
+            policy_errors.clone_from(&outcome.errors);
+            policy_status = policy_json(
+                dataplanes.applied(),
+                dataplanes.active(),
+                report.dataplane,
+                &outcome,
+            );
+        }
         if report.plan.pod_mtu != pod_mtu {
             write_state(&opts.state_dir, "mtu", &report.plan.pod_mtu.to_string())?;
             pod_mtu = report.plan.pod_mtu;
@@ -440,13 +531,8 @@ async fn run_loop(
             &report,
             took,
             &errors,
-            policy_json(
-                dataplanes.applied(),
-                dataplanes.active(),
-                report.dataplane,
-                &outcome,
-            ),
-            &outcome.errors,
+            policy_status.clone(),
+            &policy_errors,
         );
         health.set_status(last_status.clone());
         // From a datastore change arriving to the kernel reflecting it.
@@ -461,31 +547,94 @@ async fn run_loop(
         let until_due = report
             .next_due
             .map_or(resync, |due| due.saturating_duration_since(Instant::now()));
-        change_arrived = wait_for_change(ds, revision, resync.min(until_due)).await;
+        let deadline = Instant::now() + resync.min(until_due);
+        // Policy changes are applied as they arrive, from the model kept in memory: no
+        // snapshot is read, and the plan only when something it reads changed.
+        if watch.is_none() {
+            // Compacted or unreachable: the next sync reads everything again.
+            let Some(opened) = Watch::open(ds, revision).await else {
+                continue;
+            };
+            watch = Some(opened);
+        }
+        change_arrived = loop {
+            health.heartbeat();
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let Some(stream) = watch.as_mut() else {
+                break None;
+            };
+            let Some(arrived) = stream.next(timeout).await else {
+                // The periodic resync reads everything, the policy kinds included.
+                watch = None;
+                break None;
+            };
+            let changes = if arrived.broken {
+                None
+            } else {
+                policy_changes(&arrived.events)
+            };
+            let Some(changes) = changes else {
+                watch = None;
+                break Some(arrived.at);
+            };
+            if !changes.is_empty() {
+                let mut errors = Vec::new();
+                let started = Instant::now();
+                if let Some(computed) = policy_model.apply(changes, &host.node) {
+                    let outcome = program_policy(
+                        computed,
+                        started,
+                        dataplanes,
+                        report.dataplane,
+                        &opts.state_dir,
+                        metrics,
+                        &mut errors,
+                        &policy_errors,
+                    );
+                    policy_errors.clone_from(&outcome.errors);
+                    policy_status = policy_json(
+                        dataplanes.applied(),
+                        dataplanes.active(),
+                        report.dataplane,
+                        &outcome,
+                    );
+                    if !errors.is_empty() {
+                        // A failed apply: a sync from a snapshot retries it and reports.
+                        watch = None;
+                        break Some(arrived.at);
+                    }
+                    last_status["policy"] = policy_status.clone();
+                    last_status["policyErrors"] = json!(policy_errors);
+                }
+            }
+            last_status["lastEvent"] = json!(rfc3339_now());
+            health.set_status(last_status.clone());
+            if needs_sync(&arrived.events, revision) {
+                break Some(arrived.at);
+            }
+            metrics.observe_watch_lag(arrived.at.elapsed().as_secs_f64());
+        };
     }
 }
 
 /// The agent's two policy dataplanes, run on the node.
 type Dataplanes = PolicyDataplanes<NftCommand, IptablesCommand>;
 
-/// Computes this node's policy program and applies it to `dataplane` (removing the other's
-/// rules after a switch, and once after a start); an error about the model keeps what is
-/// programmed. After a successful apply, records the programmed interfaces. Failures go to
-/// `errors` and the metrics.
+/// Applies this node's policy program, computed since `started`, to `dataplane` (removing
+/// the other's rules after a switch, and once after a start); an error about the model
+/// (no program) keeps what is programmed. After a successful apply, records the programmed
+/// interfaces. Failures go to `errors` and the metrics.
 #[allow(clippy::too_many_arguments)]
 fn program_policy(
-    model: &mut policy::PolicyModel,
+    computed: policy::Computed,
+    started: Instant,
     dataplanes: &mut Dataplanes,
     dataplane: Dataplane,
-    inputs: Vec<Resource>,
-    host: &Host,
     state_dir: &Path,
     metrics: &Metrics,
     errors: &mut Vec<String>,
     reported: &[String],
 ) -> PolicyOutcome {
-    let started = Instant::now();
-    let computed = model.compute(inputs, &host.node);
     // Each error once, not on every sync while it lasts (`/status` always shows them all).
     for e in computed.errors.iter().filter(|e| !reported.contains(e)) {
         if computed.program.is_some() {

@@ -70,27 +70,36 @@ pub struct Model {
     pub endpoints: Vec<WorkloadEndpoint>,
     /// This node's effective AgentConfiguration (`node.<name>` over `default` over defaults).
     pub config: AgentConfigurationSpec,
-    /// What the policy engine reads ([`margay_policy::INPUT_KINDS`]).
-    pub policy_inputs: Vec<Resource>,
+    /// What the policy engine reads ([`margay_policy::INPUT_KINDS`]), when asked for.
+    pub policy_inputs: Option<Vec<Resource>>,
     /// The datastore revision the snapshot was read at (the newest of the lists).
     pub revision: i64,
 }
 
 impl Model {
-    pub async fn load(client: &Client, node: &str) -> Result<Model, margay_client::Error> {
+    /// The snapshot `node`'s plan reads, and with `with_policy` the policy engine's inputs.
+    pub async fn load(
+        client: &Client,
+        node: &str,
+        with_policy: bool,
+    ) -> Result<Model, margay_client::Error> {
         let (pools, r1) = client.list::<IPPool>(None).await?;
         let (nodes, r2) = client.list::<Node>(None).await?;
         let (blocks, r3) = load_blocks(client).await?;
         let (endpoints, r4) = client.list::<WorkloadEndpoint>(None).await?;
         let (configs, r5) = client.list::<AgentConfiguration>(None).await?;
-        let mut policy_inputs = Vec::new();
-        // WorkloadEndpoints are listed once above, for the plan and the engine both.
-        for kind in margay_policy::INPUT_KINDS {
-            if kind != Kind::WorkloadEndpoint {
-                policy_inputs.extend(client.list_resources(kind, None).await?);
+        let mut policy_inputs = None;
+        if with_policy {
+            let mut inputs = Vec::new();
+            // WorkloadEndpoints are listed once above, for the plan and the engine both.
+            for kind in margay_policy::INPUT_KINDS {
+                if kind != Kind::WorkloadEndpoint {
+                    inputs.extend(client.list_resources(kind, None).await?);
+                }
             }
+            inputs.extend(endpoints.iter().cloned().map(Resource::from));
+            policy_inputs = Some(inputs);
         }
-        policy_inputs.extend(endpoints.iter().cloned().map(Resource::from));
         let global = configs.iter().find(|c| c.metadata.name == "default");
         let mine = configs.iter().find(|c| c.node() == Some(node));
         Ok(Model {

@@ -29,7 +29,7 @@ use margay_nft::policy::{self as nft_policy, AddressFamily, POLICY_TABLE};
 use margay_nft::ruleset::{Ruleset, Table};
 use margay_nft::NftRunner;
 use margay_policy::program::{program, Program};
-use margay_policy::{Cluster, Model};
+use margay_policy::{Change as ModelChange, Cluster, Model, PolicyError, ResourceKey};
 use serde::Serialize;
 
 /// Both policy tables, in the order they are written.
@@ -73,10 +73,12 @@ pub fn compute(inputs: Vec<Resource>, node: &str) -> Computed {
 }
 
 /// The engine's model of the cluster, kept from one sync to the next (see the
-/// [module](self)).
+/// [module](self)), and this node's workload interfaces.
 #[derive(Debug, Default)]
 pub struct PolicyModel {
     model: Option<Model>,
+    /// This node's WorkloadEndpoints that have an interface: key → (interface, container).
+    local: BTreeMap<ResourceKey, (String, String)>,
 }
 
 impl PolicyModel {
@@ -88,13 +90,53 @@ impl PolicyModel {
     /// snapshot) and gives the program of `node`: what [`compute`] gives for the same inputs.
     pub fn compute(&mut self, inputs: Vec<Resource>, node: &str) -> Computed {
         let started = Instant::now();
-        let owners = owners(&inputs, node);
+        self.local = inputs
+            .iter()
+            .filter_map(|r| match r {
+                Resource::WorkloadEndpoint(wep) => {
+                    local_interface(wep, node).map(|local| (ResourceKey::of_resource(r), local))
+                }
+                _ => None,
+            })
+            .collect();
         let status = match &mut self.model {
             Some(model) => model.sync(inputs),
             None => Model::from_resources(inputs, true).map(|model| {
                 self.model = Some(model);
             }),
         };
+        self.program(status, started, node)
+    }
+
+    /// Applies `changes` (what the datastore's watch reported since the last snapshot or
+    /// the last changes), in order, and gives the program of `node`; `None` before the
+    /// first snapshot, which only [`PolicyModel::compute`] gives.
+    pub fn apply(&mut self, changes: Vec<ModelChange>, node: &str) -> Option<Computed> {
+        let started = Instant::now();
+        let model = self.model.as_mut()?;
+        let mut status = Ok(());
+        for change in changes {
+            match &change {
+                ModelChange::Upsert(r @ Resource::WorkloadEndpoint(wep)) => {
+                    let key = ResourceKey::of_resource(r);
+                    match local_interface(wep, node) {
+                        Some(local) => self.local.insert(key, local),
+                        None => self.local.remove(&key),
+                    };
+                }
+                ModelChange::Delete(key) => {
+                    self.local.remove(key);
+                }
+                ModelChange::Upsert(_) => {}
+            }
+            // Each result is the state after that change: the last one is the model's.
+            status = model.apply(change);
+        }
+        Some(self.program(status, started, node))
+    }
+
+    fn program(&self, status: Result<(), PolicyError>, started: Instant, node: &str) -> Computed {
+        let owners = self.local.values().cloned().collect();
         let modelled = started.elapsed();
         let model = match (status, &self.model) {
             (Ok(()), Some(model)) => model,
@@ -248,10 +290,7 @@ impl<R: NftRunner> PolicyTables<R> {
                     tracing::warn!(error = %e, "updating the policy tables in place failed; replacing them");
                     replace(&mut self.runner, &program)?;
                     Change::Replaced
-                } else if FAMILIES
-                    .iter()
-                    .all(|&f| nft_policy::same_rules(old, &program, f))
-                {
+                } else if members_only(&script) {
                     Change::Sets
                 } else {
                     Change::Chains
@@ -265,6 +304,19 @@ impl<R: NftRunner> PolicyTables<R> {
         self.applied = Some(program);
         Ok(change)
     }
+}
+
+/// Whether an update script only changes set members: then [`nft_policy::update`] wrote
+/// nothing but element lines of address and named-port sets (endpoints coming or going
+/// change chains and the dispatch maps too).
+fn members_only(script: &str) -> bool {
+    script.lines().all(|line| {
+        let mut words = line.split_whitespace();
+        let verb = (words.next(), words.next());
+        let set = words.nth(2).unwrap_or_default();
+        matches!(verb, (Some("add" | "delete"), Some("element")))
+            && (set.starts_with("s-") || set.starts_with("np-"))
+    })
 }
 
 fn table_family(family: AddressFamily) -> margay_nft::ruleset::Family {
@@ -518,10 +570,8 @@ spec: {tier: missing, selector: all(), types: [Ingress]}
         let update = tables.runner.scripts.last().unwrap();
         assert!(!update.contains("delete table"), "{update}");
         assert!(update.contains("delete chain ip margay-policy"), "{update}");
-        assert!(
-            update.contains("delete chain ip6 margay-policy"),
-            "{update}"
-        );
+        // No endpoint has an IPv6 address: that table holds only the drops, unchanged.
+        assert!(!update.contains("ip6 margay-policy"), "{update}");
     }
 
     #[test]
@@ -546,6 +596,63 @@ spec: {tier: missing, selector: all(), types: [Ingress]}
             assert_eq!(kept.program, fresh.program);
             assert_eq!(kept.errors, fresh.errors);
             assert_eq!(kept.owners, fresh.owners);
+        }
+    }
+
+    #[test]
+    fn changes_applied_one_by_one_give_what_the_snapshot_gives() {
+        let mut model = PolicyModel::new();
+        assert!(model.apply(Vec::new(), "n1").is_none(), "no snapshot yet");
+        model.compute(cluster("10.0.0.2/32", FROM_B), "n1");
+        let key = |r: &Resource| ResourceKey::of_resource(r);
+        let policy = |inputs: &[Resource]| {
+            inputs
+                .iter()
+                .find(|r| !matches!(r, Resource::WorkloadEndpoint(_)))
+                .cloned()
+                .unwrap()
+        };
+        let moved = cluster("10.0.0.3/32", FROM_B);
+        let b = moved.iter().find(|r| r.metadata().name == "n2-k8s-b-eth0");
+        // Pod b moves, a new local pod c arrives, the policy goes, pod a goes.
+        let c = inputs(
+            r#"
+apiVersion: margay.dev/v1
+kind: WorkloadEndpoint
+metadata: {name: n1-k8s-c-eth0, namespace: x, labels: {app: c}}
+spec: {node: n1, orchestrator: k8s, pod: c, endpoint: eth0, containerID: cid-c,
+       interfaceName: mgyc, ipNetworks: [10.0.0.9/32], profiles: [kns.x]}
+"#,
+        );
+        let a = cluster("10.0.0.2/32", "")
+            .into_iter()
+            .find(|r| r.metadata().name == "n1-k8s-a-eth0")
+            .unwrap();
+        let steps: Vec<(Vec<ModelChange>, Vec<Resource>)> = vec![
+            (vec![ModelChange::Upsert(b.unwrap().clone())], moved.clone()),
+            (
+                vec![ModelChange::Upsert(c[0].clone())],
+                [moved.clone(), c.clone()].concat(),
+            ),
+            (
+                vec![ModelChange::Delete(key(&policy(&moved)))],
+                [cluster("10.0.0.3/32", ""), c.clone()].concat(),
+            ),
+            (
+                vec![ModelChange::Delete(key(&a))],
+                [cluster("10.0.0.3/32", ""), c.clone()]
+                    .concat()
+                    .into_iter()
+                    .filter(|r| r.metadata().name != "n1-k8s-a-eth0")
+                    .collect(),
+            ),
+        ];
+        for (changes, snapshot) in steps {
+            let applied = model.apply(changes, "n1").unwrap();
+            let fresh = compute(snapshot, "n1");
+            assert_eq!(applied.program, fresh.program);
+            assert_eq!(applied.errors, fresh.errors);
+            assert_eq!(applied.owners, fresh.owners);
         }
     }
 

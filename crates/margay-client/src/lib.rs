@@ -265,7 +265,9 @@ fn decode_typed<T: Object>(kv: &KeyValue) -> Result<T> {
     Ok(obj)
 }
 
-pub(crate) fn decode_resource(kv: &KeyValue) -> Result<Resource> {
+/// The resource a stored value holds (as a watch event or a list gives it), its
+/// `resourceVersion` the value's revision.
+pub fn decode_resource(kv: &KeyValue) -> Result<Resource> {
     let kind = Kind::ALL
         .iter()
         .copied()

@@ -398,7 +398,7 @@ pub struct FinalVerdict {
 /// close matches, or how to list the endpoints); a datastore that cannot be read; resources
 /// the engine cannot use at all (a duplicate, a Profile that does not compile).
 pub async fn trace(client: &Client, request: &TraceRequest) -> Result<Trace> {
-    let model = Model::load(client, "").await?;
+    let model = Model::load(client, "", true).await?;
     let (configs, _) = client.list::<AgentConfiguration>(None).await?;
     trace_model(model, &configs, request).map_err(|e| e.with_origin(&client.datastore().describe()))
 }
@@ -430,7 +430,7 @@ pub fn trace_model(
     configs: &[AgentConfiguration],
     request: &TraceRequest,
 ) -> Result<Trace, TraceError> {
-    let inputs = std::mem::take(&mut model.policy_inputs);
+    let inputs = model.policy_inputs.take().unwrap_or_default();
     let (cluster, skipped) = Cluster::from_resources_skipping_bad_policies(inputs)
         .map_err(|e| TraceError::Model(e.to_string()))?;
     let from = parse_end(&cluster, "--from", &request.from).map_err(TraceError::Input)?;

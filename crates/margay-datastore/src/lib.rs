@@ -207,6 +207,17 @@ pub trait Datastore: Send + Sync {
     /// is gone; the caller then relists (see [`watcher`]).
     async fn watch(&self, query: &Query, after_revision: i64) -> Result<EventStream>;
 
+    /// The changes matching any of `queries` after `after_revision`, as one stream: each
+    /// query's changes in revision order (the backends here give all of them in revision
+    /// order). This default merges one [`Datastore::watch`] per query.
+    async fn watch_many(&self, queries: &[Query], after_revision: i64) -> Result<EventStream> {
+        let mut streams = Vec::with_capacity(queries.len());
+        for query in queries {
+            streams.push(self.watch(query, after_revision).await?);
+        }
+        Ok(Box::pin(futures::stream::select_all(streams)))
+    }
+
     /// The store's current revision.
     async fn revision(&self) -> Result<i64>;
 

@@ -24,7 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::os::fd::AsFd;
+
 use async_trait::async_trait;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::Wal;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -568,7 +572,16 @@ impl Datastore for SqliteDatastore {
     }
 
     async fn watch(&self, query: &Query, after_revision: i64) -> Result<EventStream> {
-        validate_query(BACKEND, query)?;
+        self.watch_many(std::slice::from_ref(query), after_revision)
+            .await
+    }
+
+    /// One thread and connection for all of `queries` (instead of one each): a commit wakes
+    /// one poller, which reads the new changes once.
+    async fn watch_many(&self, queries: &[Query], after_revision: i64) -> Result<EventStream> {
+        for query in queries {
+            validate_query(BACKEND, query)?;
+        }
         // Fail now, not as the first item, when the history is already gone.
         let (_, compacted) = self.with_conn(|conn| read_meta(conn)).await?;
         check_compacted(after_revision, compacted)?;
@@ -576,10 +589,10 @@ impl Datastore for SqliteDatastore {
         // Each watch polls from its own thread and connection: polling is blocking work,
         // and a private connection makes `PRAGMA data_version` a cheap "anything new?".
         let (tx, rx) = mpsc::channel(256);
-        let (path, opts, query) = (self.path.clone(), self.opts.clone(), query.clone());
+        let (path, opts, queries) = (self.path.clone(), self.opts.clone(), queries.to_vec());
         std::thread::Builder::new()
             .name("margay-sqlite-watch".into())
-            .spawn(move || watch_thread(&path, &opts, &query, after_revision, &tx))
+            .spawn(move || watch_thread(&path, &opts, &queries, after_revision, &tx))
             .map_err(|e| backend_error(format!("cannot start watch thread: {e}")))?;
         Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
@@ -609,21 +622,28 @@ fn check_compacted(after_revision: i64, compacted: i64) -> Result<()> {
 type EventSender = mpsc::Sender<Result<Event>>;
 
 /// Polls `changes` until the stream is dropped or fails; errors end the stream.
-fn watch_thread(path: &Path, opts: &SqliteOptions, query: &Query, after: i64, tx: &EventSender) {
+fn watch_thread(
+    path: &Path,
+    opts: &SqliteOptions,
+    queries: &[Query],
+    after: i64,
+    tx: &EventSender,
+) {
     let result = open_connection(path, opts).and_then(|mut conn| {
         let mut poller = Poller {
             last: after,
             data_version: None,
         };
+        let wakeup = Wakeup::new(path);
         while !tx.is_closed() {
-            let (events, more) = poller.poll(&mut conn, query)?;
+            let (events, more) = poller.poll(&mut conn, queries)?;
             for event in events {
                 if tx.blocking_send(Ok(event)).is_err() {
                     return Ok(());
                 }
             }
             if !more {
-                std::thread::sleep(opts.poll_interval);
+                wakeup.wait(opts.poll_interval);
             }
         }
         Ok(())
@@ -631,6 +651,55 @@ fn watch_thread(path: &Path, opts: &SqliteOptions, query: &Query, after: i64, tx
     if let Err(e) = result {
         debug!(error = %e, "sqlite watch ended");
         let _ = tx.blocking_send(Err(e));
+    }
+}
+
+/// Wakes a watch when a file in the database's directory is written (another process
+/// committing appends to the WAL), so that a change reaches watchers in about a
+/// millisecond rather than up to a poll interval later. The interval stays the upper bound:
+/// without inotify (or on a missed event) the watch still polls at it.
+struct Wakeup {
+    inotify: Option<Inotify>,
+}
+
+/// After a write is seen, how long to let the commit finish (SQLite updates the WAL index
+/// just after writing the commit frame) and a burst of writes arrive before polling.
+const SETTLE: Duration = Duration::from_millis(1);
+
+impl Wakeup {
+    fn new(path: &Path) -> Wakeup {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .and_then(|inotify| {
+                inotify.add_watch(
+                    dir,
+                    AddWatchFlags::IN_MODIFY
+                        | AddWatchFlags::IN_CREATE
+                        | AddWatchFlags::IN_MOVED_TO,
+                )?;
+                Ok(inotify)
+            })
+            .map_err(|e| debug!(error = %e, "sqlite watch: no inotify; polling only"))
+            .ok();
+        Wakeup { inotify }
+    }
+
+    /// Returns when a file was written, or after `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let Some(inotify) = &self.inotify else {
+            std::thread::sleep(timeout);
+            return;
+        };
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        if matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+            std::thread::sleep(SETTLE);
+            // Drain what arrived: one poll reads every commit so far.
+            while inotify.read_events().is_ok_and(|events| !events.is_empty()) {}
+        }
     }
 }
 
@@ -643,7 +712,7 @@ struct Poller {
 
 impl Poller {
     /// New matching events, and whether more rows are waiting beyond this batch.
-    fn poll(&mut self, conn: &mut Connection, query: &Query) -> Result<(Vec<Event>, bool)> {
+    fn poll(&mut self, conn: &mut Connection, queries: &[Query]) -> Result<(Vec<Event>, bool)> {
         let version: i64 = conn
             .query_row("PRAGMA data_version", [], |row| row.get(0))
             .db()?;
@@ -655,24 +724,22 @@ impl Poller {
         check_compacted(self.last, compacted)?;
         let mut stmt = tx
             .prepare_cached(
-                "SELECT rev, namespace, name, op, value, create_rev FROM changes
-                 WHERE rev > ?1 AND rev <= ?2 AND kind = ?3 ORDER BY rev LIMIT ?4",
+                "SELECT rev, kind, namespace, name, op, value, create_rev FROM changes
+                 WHERE rev > ?1 AND rev <= ?2 ORDER BY rev LIMIT ?3",
             )
             .db()?;
         let rows = stmt
-            .query_map(
-                params![self.last, revision, query.kind, WATCH_BATCH],
-                |row| {
-                    Ok(ChangeRow {
-                        rev: row.get(0)?,
-                        namespace: row.get(1)?,
-                        name: row.get(2)?,
-                        op: row.get(3)?,
-                        value: row.get(4)?,
-                        create_rev: row.get(5)?,
-                    })
-                },
-            )
+            .query_map(params![self.last, revision, WATCH_BATCH], |row| {
+                Ok(ChangeRow {
+                    rev: row.get(0)?,
+                    kind: row.get(1)?,
+                    namespace: row.get(2)?,
+                    name: row.get(3)?,
+                    op: row.get(4)?,
+                    value: row.get(5)?,
+                    create_rev: row.get(6)?,
+                })
+            })
             .db()?
             .collect::<rusqlite::Result<Vec<_>>>()
             .db()?;
@@ -689,11 +756,11 @@ impl Poller {
         let mut events = Vec::new();
         for row in rows {
             let key = Key {
-                kind: query.kind.clone(),
+                kind: row.kind,
                 namespace: row.namespace,
                 name: row.name,
             };
-            if !query.matches(&key) {
+            if !queries.iter().any(|q| q.matches(&key)) {
                 continue;
             }
             events.push(match (row.op.as_str(), row.value) {
@@ -721,6 +788,7 @@ impl Poller {
 
 struct ChangeRow {
     rev: i64,
+    kind: String,
     namespace: Option<String>,
     name: String,
     op: String,

@@ -413,6 +413,38 @@ async fn watch_events_in_order_and_filtered(h: &Harness) {
     assert_quiet(&mut stream).await;
 }
 
+async fn watch_many_merges_queries(h: &Harness) {
+    let ds = &h.ds;
+    let start = ds.revision().await.unwrap();
+    let a = ds.create(&pod("ns1", "a"), b"a").await.unwrap();
+    ds.create(&Key::new("Secret", Some("ns1"), "s"), b"not watched")
+        .await
+        .unwrap();
+    let svc = ds
+        .create(&Key::new("Service", Some("ns2"), "s"), b"svc")
+        .await
+        .unwrap();
+    ds.create(&pod("ns2", "b"), b"other namespace")
+        .await
+        .unwrap();
+    let queries = [
+        Query {
+            namespace: Some("ns1".into()),
+            ..Query::kind("Pod")
+        },
+        Query::kind("Service"),
+    ];
+    let mut stream = ds.watch_many(&queries, start).await.unwrap();
+    let mut got = vec![next_event(&mut stream).await, next_event(&mut stream).await];
+    assert_quiet(&mut stream).await;
+    // Live changes of either query arrive on the one stream.
+    let c = ds.create(&pod("ns1", "c"), b"c").await.unwrap();
+    got.push(next_event(&mut stream).await);
+    got.sort_by_key(Event::revision);
+    assert_eq!(got, [Event::Put(a), Event::Put(svc), Event::Put(c)]);
+    assert_quiet(&mut stream).await;
+}
+
 async fn watch_resumes_from_later_revision(h: &Harness) {
     let ds = &h.ds;
     let mut written = Vec::new();
@@ -642,6 +674,7 @@ macro_rules! conformance_suite {
                 list_filters_and_revision,
                 list_sort_order,
                 watch_events_in_order_and_filtered,
+                watch_many_merges_queries,
                 watch_resumes_from_later_revision,
                 watch_from_compacted_revision_fails,
                 watch_with_relist_recovers_from_compaction,

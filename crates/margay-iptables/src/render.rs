@@ -38,8 +38,12 @@ const MULTIPORT_SLOTS: usize = 15;
 /// packets are TCP, UDP or SCTP).
 const PORT_PROTOCOLS: [u8; 3] = [6, 17, 132];
 
-/// The rendering of `program` in `family`'s filter table and sets. Deterministic.
+/// The rendering of `program` in `family`'s filter table and sets (of
+/// [`Program::for_family`]: nothing but the drops of workload traffic when no local endpoint
+/// has an address of the family). Deterministic.
 pub fn render(program: &Program, family: Family) -> Rendered {
+    let program = program.for_family(family.version());
+    let program = &*program;
     let mut r = Rendered::empty(family);
     for (id, set) in &program.ip_sets {
         r.sets
@@ -77,6 +81,11 @@ pub fn render(program: &Program, family: Family) -> Rendered {
 /// renders a few chains instead of thousands.
 pub fn render_update(old_program: &Program, old: &Rendered, program: &Program) -> Rendered {
     let family = old.family;
+    let (old_program, program) = (
+        old_program.for_family(family.version()),
+        program.for_family(family.version()),
+    );
+    let (old_program, program) = (&*old_program, &*program);
     let mut r = Rendered::empty(family);
     // A name shortened with a hash could be shared; only unshortened names are reused.
     let reusable = |prefix: &str, id: &str, name: &str| name.len() == prefix.len() + id.len();

@@ -125,7 +125,9 @@ impl AddressFamily {
 }
 
 /// The `nft -f` script that atomically replaces Margay's policy table of `family` with
-/// `program` (creating it if missing), touching no other table. Deterministic.
+/// `program` (creating it if missing), touching no other table. Deterministic. Every
+/// function here works on [`Program::for_family`]: a family no local endpoint has an
+/// address of gets a table that only drops workload traffic.
 pub fn render(program: &Program, family: AddressFamily) -> String {
     let mut out = String::new();
     table(program, family).render_replace(&mut out);
@@ -139,6 +141,11 @@ pub fn render(program: &Program, family: AddressFamily) -> String {
 /// whether they render the same in `family` (a rule of the other family, a comment that
 /// differs past what nft keeps).
 pub fn same_rules(old: &Program, new: &Program, family: AddressFamily) -> bool {
+    let (old, new) = (
+        old.for_family(family.version()),
+        new.for_family(family.version()),
+    );
+    let (old, new) = (&*old, &*new);
     old.ip_sets.keys().eq(new.ip_sets.keys())
         && old.port_sets.keys().eq(new.port_sets.keys())
         && old.endpoints.keys().eq(new.endpoints.keys())
@@ -153,13 +160,19 @@ pub fn same_rules(old: &Program, new: &Program, family: AddressFamily) -> bool {
 /// (someone changed it) fails the script as a whole, and should be replaced with
 /// [`render`].
 pub fn set_updates(old: &Program, new: &Program, family: AddressFamily) -> String {
-    let (old, new) = update::changed_sets(old, new, family);
+    let (old, new) = (
+        old.for_family(family.version()),
+        new.for_family(family.version()),
+    );
+    let (old, new) = update::changed_sets(&old, &new, family);
     new.render_element_updates(&old)
 }
 
 /// The policy table of `family` for `program`, as data: what [`render`] writes. `margay
 /// trace` reads chain names and rule positions from it.
 pub fn table(program: &Program, family: AddressFamily) -> Table {
+    let program = program.for_family(family.version());
+    let program = &*program;
     let mut t = Table::new(family.table_family(), POLICY_TABLE);
     for (id, set) in &program.ip_sets {
         t.sets.push(ip_set(id, set, family));

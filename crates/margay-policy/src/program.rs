@@ -49,6 +49,7 @@
 //! Ids use only `[A-Za-z0-9_.-]`, at most 64 bytes, and interface names are 1 to 15 of
 //! those characters, so renderers can use both as names without quoting.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
@@ -87,6 +88,36 @@ pub struct Program {
     /// another endpoint already has. Their traffic meets no endpoint chain; dataplanes drop
     /// it as coming from (or going to) an unknown workload interface.
     pub skipped: BTreeMap<String, String>,
+}
+
+impl Program {
+    /// The program as the dataplane of one IP version (4 or 6) enforces it: the whole
+    /// program when some local endpoint has an address of that version, and otherwise the
+    /// program with no endpoints, chains or sets, whose dataplane drops every packet of that
+    /// version from or to a workload interface (as from or to an unknown one). Such packets
+    /// can only be spoofed or link-local: no local workload has an address to send from or
+    /// to receive at. This keeps an IPv4-only node from loading (and, on every change,
+    /// rewriting) a second copy of every chain for a family it has no traffic in.
+    pub fn for_family(&self, version: u8) -> Cow<'_, Program> {
+        let in_use = self.endpoints.values().any(|ep| {
+            ep.ips
+                .iter()
+                .any(|ip| matches!((ip, version), (IpAddr::V4(_), 4) | (IpAddr::V6(_), 6)))
+        });
+        if in_use {
+            return Cow::Borrowed(self);
+        }
+        Cow::Owned(Program {
+            node: self.node.clone(),
+            endpoints: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            profiles: BTreeMap::new(),
+            ip_sets: BTreeMap::new(),
+            port_sets: BTreeMap::new(),
+            skipped: self.skipped.clone(),
+        })
+    }
 }
 
 /// A workload endpoint on this node.

@@ -4,27 +4,28 @@
 //!
 //! `cargo bench -p margay --bench policy_latency` (root: a network namespace; `MARGAY_BIN`
 //! overrides the agent binary, by default this profile's `margay`; `MARGAY_DATAPLANE=iptables`
-//! runs it on the iptables dataplane). One node namespace, `margay node run` in it against a
-//! SQLite datastore in a temporary directory (whose watch polls every 25 ms: a write waits
-//! 12.5 ms on average, up to 25 ms, before the agent hears of it, and that is in every
-//! incremental figure). The endpoints need no devices: programming does not look at them.
+//! runs it on the iptables dataplane; `MARGAY_DATASTORE=etcd` on an etcd started in the
+//! node's namespace instead of SQLite). One node namespace, `margay node run` in it. The
+//! endpoints need no devices: programming does not look at them.
 //!
 //! (a) Everything stored, then the agent started: time to both policy tables present (one
 //!     transaction loads both with all their chains), polled every 2 ms; and the agent's
 //!     `margay_agent_policy_programming_seconds` of that first program.
-//! (b) 40 times, a Calico NetworkPolicy written (selecting 10 endpoints): time from the write
-//!     returning to one more IPv4 chain in `nft list chains ip` (polled every 2 ms; one poll
-//!     takes ~16 ms at this size, printed, so the figure is late by up to one poll).
-//! (c) 40 times, a WorkloadEndpoint of the node written: time to its interface appearing in
-//!     the `to-wl` dispatch map (`nft list map`, polled every 2 ms, a few ms per poll).
-//!     (`nft monitor` would be exact but stops reporting after the larger update batches.)
+//! (b) 40 times, a Calico NetworkPolicy written (selecting 10 endpoints).
+//! (c) 40 times, a WorkloadEndpoint of the node written.
 //!
-//! For (b) and (c), the agent's own breakdown of each apply (model, program, nft -f) is read
-//! from its "policy programmed" log lines. On iptables, (b) and (c) are read by polling
-//! `iptables-save` instead (every 2 ms; each poll takes a few ms at this size).
+//! For (b) and (c) the latency is from the write returning to the end of the agent's apply
+//! (`nft -f` or `iptables-restore` returned: the kernel holds the rules), read from the
+//! timestamp of the agent's "policy programmed" log line for that change (same machine, same
+//! clock). The sample waits for that line (reading the log file: polling the kernel with
+//! `nft list` every few ms would keep a core busy and slow the agent down), then checks once
+//! that the kernel shows the change (a new IPv4 chain in `nft list chains ip`, the interface
+//! in the `to-wl` map, or the port or interface in `iptables-save`). The agent's own
+//! breakdown of each
+//! apply (model, program, apply) comes from the same log lines.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use margay_api::{IPPool, Resource};
 use margay_client::Client;
@@ -102,8 +103,14 @@ fn stats(v: &[f64]) -> String {
     )
 }
 
-/// `model_ms`, `program_ms`, `apply_ms` of the agent's "policy programmed" lines.
-fn breakdown(log: &str) -> Vec<[f64; 3]> {
+/// One "policy programmed" line of the agent's log: when it was logged (just after the
+/// apply returned), and its `model_ms`, `program_ms`, `apply_ms`.
+struct Programmed {
+    at: SystemTime,
+    times: [f64; 3],
+}
+
+fn breakdown(log: &str) -> Vec<Programmed> {
     strip_ansi(log)
         .lines()
         .filter(|l| l.contains("policy programmed"))
@@ -116,17 +123,32 @@ fn breakdown(log: &str) -> Vec<[f64; 3]> {
                     .parse()
                     .ok()
             };
-            Some([field("model_ms")?, field("program_ms")?, field("apply_ms")?])
+            let at = humantime::parse_rfc3339(l.split_whitespace().next()?).ok()?;
+            Some(Programmed {
+                at,
+                times: [field("model_ms")?, field("program_ms")?, field("apply_ms")?],
+            })
         })
         .collect()
 }
 
-fn print_breakdown(rows: &[[f64; 3]]) {
-    for (i, name) in ["model (sync)", "program", "apply (nft -f / restore)"]
+/// Write → applied for each write: the first apply logged after it.
+fn applied_after(rows: &[Programmed], writes: &[SystemTime]) -> Vec<f64> {
+    writes
+        .iter()
+        .filter_map(|w| {
+            let row = rows.iter().find(|r| r.at >= *w)?;
+            Some(row.at.duration_since(*w).ok()?.as_secs_f64() * 1e3)
+        })
+        .collect()
+}
+
+fn print_breakdown(rows: &[Programmed]) {
+    for (i, name) in ["model", "program", "apply (nft -f / restore)"]
         .iter()
         .enumerate()
     {
-        let v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+        let v: Vec<f64> = rows.iter().map(|r| r.times[i]).collect();
         println!("    {name:26} {}", stats(&v));
     }
 }
@@ -141,9 +163,30 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let etcd = std::env::var("MARGAY_DATASTORE").is_ok_and(|d| d == "etcd");
     let dir = tempfile::tempdir().unwrap();
-    let datastore = format!("sqlite://{}", dir.path().join("margay.db").display());
     let ns = Netns::new("pl");
+    ns.ip(&["link", "set", "lo", "up"]);
+    // Everything below runs in the node's namespace: etcd, when used, listens on its
+    // loopback, and the writes and the agent reach it there.
+    let node_ns = margay_sys::netns::NetNs::open(&ns.path()).unwrap();
+    node_ns
+        .run(|| measure(&ns, dir.path(), etcd, iptables, &rt))
+        .unwrap();
+}
+
+fn measure(
+    ns: &Netns,
+    dir: &std::path::Path,
+    etcd: bool,
+    iptables: bool,
+    rt: &tokio::runtime::Runtime,
+) {
+    let etcd_server = etcd.then(margay_datastore::testing::EtcdServer::start);
+    let datastore = match &etcd_server {
+        Some(server) => server.url(),
+        None => format!("sqlite://{}", dir.join("margay.db").display()),
+    };
     // No dummy module everywhere: a veth pair, both ends in the node.
     ns.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
@@ -162,7 +205,7 @@ fn main() {
         );
     }
     text.push_str(&cluster_yaml(ENDPOINTS, POLICIES));
-    let file = dir.path().join("resources.yaml");
+    let file = dir.join("resources.yaml");
     std::fs::write(&file, text).unwrap();
     let stored = Command::new(bin())
         .args(["--datastore", &datastore, "apply", "-f"])
@@ -183,7 +226,7 @@ fn main() {
     rt.block_on(client.create(&pool)).unwrap();
 
     // (a) The agent started with everything stored.
-    let log_path = dir.path().join("agent.log");
+    let log_path = dir.join("agent.log");
     let started = Instant::now();
     let _agent = Killed(
         Command::new("ip")
@@ -193,7 +236,7 @@ fn main() {
             .args(["node", "run", "--name", NODE])
             .args(["--ip", "192.168.79.11/24"])
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(dir.join("state"))
             .args(["--health-addr", "127.0.0.1:9099"])
             .args(["--metrics-addr", "127.0.0.1:9091"])
             .args(["--resync-interval", "300s"])
@@ -208,7 +251,7 @@ fn main() {
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let first = if iptables {
         poll_until("the iptables chains", || {
-            iptables_save(&ns).contains("-A mgy-FORWARD")
+            iptables_save(ns).contains("-A mgy-FORWARD")
         })
     } else {
         poll_until("both policy tables", || {
@@ -229,7 +272,7 @@ fn main() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let chains = if iptables {
-        iptables_save(&ns)
+        iptables_save(ns)
             .lines()
             .filter(|l| l.starts_with(":mgy-"))
             .count()
@@ -243,9 +286,9 @@ fn main() {
     std::thread::sleep(Duration::from_millis(300));
     let (sum, count) = histogram(&metrics(), "margay_agent_policy_programming_seconds");
     let dataplane = if iptables { "iptables" } else { "nftables" };
+    let store = if etcd { "etcd" } else { "SQLite" };
     println!(
-        "policy latency, {dataplane}: one node, {ENDPOINTS} endpoints, {POLICIES} policies \
-         (SQLite datastore, 25 ms watch poll)"
+        "policy latency, {dataplane}, {store}: one node, {ENDPOINTS} endpoints, {POLICIES} policies"
     );
     println!(
         "(a) agent start → first full program in the kernel: {full:.0} ms ({chains} IPv4 chains); \
@@ -254,8 +297,10 @@ fn main() {
     );
     print_breakdown(&breakdown(&log()));
 
-    // `nft monitor` drops out on the larger update batches (netlink buffer), so the kernel is
-    // polled: the count of IPv4 chains (b), the `to-wl` dispatch map (c).
+    // Each sample waits for the agent's log line of the apply (reading a file: polling the
+    // kernel with `nft list` every few ms would take a core from the agent), then checks
+    // the kernel once: the count of IPv4 chains (b), the `to-wl` dispatch map (c).
+    let applies = || breakdown(&log()).len();
     let count_chains = || {
         let out = ns.exec(&["nft", "list", "chains", "ip"]);
         String::from_utf8_lossy(&out.stdout)
@@ -273,7 +318,7 @@ fn main() {
     println!("    (one poll of `nft list chains ip`: {poll_cost:.1} ms)");
     std::thread::sleep(Duration::from_millis(200));
     let before = breakdown(&log()).len();
-    let mut b = Vec::new();
+    let mut b_writes = Vec::new();
     for i in 0..WARMUP + SAMPLES {
         std::thread::sleep(Duration::from_millis(40 + (i as u64 * 37) % 60));
         let name = format!("latpol{i}");
@@ -287,51 +332,55 @@ fn main() {
             20000 + i
         ));
         let chains_before = (!iptables).then(count_chains);
+        let applied = applies();
         rt.block_on(create(&client, policy));
-        let written = Instant::now();
+        let written_at = SystemTime::now();
+        poll_until(&name, || applies() > applied);
         let port = format!("{}", 20000 + i);
-        let seen = match chains_before {
-            Some(n) => poll_until(&name, || count_chains() > n),
-            None => poll_until(&name, || iptables_save(&ns).contains(&port)),
-        };
+        match chains_before {
+            Some(n) => assert!(count_chains() > n, "{name}: no new chain"),
+            None => assert!(iptables_save(ns).contains(&port), "{name}: not in iptables"),
+        }
         if i >= WARMUP {
-            b.push((seen - written).as_secs_f64() * 1e3);
+            b_writes.push(written_at);
         }
     }
     std::thread::sleep(Duration::from_millis(200));
     let rows = breakdown(&log());
-    let b_rows = rows[before..].to_vec();
+    let b_rows = &rows[before..];
     println!(
-        "(b) NetworkPolicy written → its rules in the kernel: {}",
-        stats(&b)
+        "(b) NetworkPolicy written → applied in the kernel: {}",
+        stats(&applied_after(b_rows, &b_writes))
     );
     print_breakdown(&b_rows[b_rows.len().saturating_sub(SAMPLES)..]);
 
     let before = rows.len();
-    let mut c = Vec::new();
+    let mut c_writes = Vec::new();
     for i in 0..WARMUP + SAMPLES {
         std::thread::sleep(Duration::from_millis(40 + (i as u64 * 37) % 60));
         let n = ENDPOINTS + i;
         let iface = format!("mgy{n:011x}");
+        let applied = applies();
         rt.block_on(create(&client, one(&endpoint_yaml(n))));
-        let written = Instant::now();
-        let seen = match () {
-            () if iptables => poll_until(&iface, || iptables_save(&ns).contains(&iface)),
-            () => poll_until(&iface, || {
-                let out = ns.exec(&["nft", "list", "map", "ip", "margay-policy", "to-wl"]);
-                String::from_utf8_lossy(&out.stdout).contains(&iface)
-            }),
+        let written_at = SystemTime::now();
+        poll_until(&iface, || applies() > applied);
+        let dispatched = if iptables {
+            iptables_save(ns)
+        } else {
+            let out = ns.exec(&["nft", "list", "map", "ip", "margay-policy", "to-wl"]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
         };
+        assert!(dispatched.contains(&iface), "{iface}: not dispatched");
         if i >= WARMUP {
-            c.push((seen - written).as_secs_f64() * 1e3);
+            c_writes.push(written_at);
         }
     }
     std::thread::sleep(Duration::from_millis(200));
     let rows = breakdown(&log());
-    let c_rows = rows[before..].to_vec();
+    let c_rows = &rows[before..];
     println!(
-        "(c) WorkloadEndpoint written → its interface in the dispatch map: {}",
-        stats(&c)
+        "(c) WorkloadEndpoint written → applied in the kernel: {}",
+        stats(&applied_after(c_rows, &c_writes))
     );
     print_breakdown(&c_rows[c_rows.len().saturating_sub(SAMPLES)..]);
     let (sum, count) = histogram(&metrics(), "margay_agent_watch_lag_seconds");

@@ -369,7 +369,7 @@ impl Lab {
         let synced = |statuses: Vec<Value>| -> Vec<Value> {
             statuses
                 .into_iter()
-                .map(|s| s["lastSync"].clone())
+                .map(|s| s["lastEvent"].clone())
                 .collect()
         };
         let before = synced(self.agent_statuses());

@@ -43,7 +43,7 @@ fn program(policy: Vec<ProgramRule>, profile: Vec<ProgramRule>) -> Program {
             "mgya".to_owned(),
             LocalEndpoint {
                 id: "x/a".into(),
-                ips: vec!["10.0.0.1".parse().unwrap()],
+                ips: vec!["10.0.0.1".parse().unwrap(), "fd00::a".parse().unwrap()],
                 ingress,
                 egress: Pipeline {
                     tiers: Vec::new(),

@@ -310,3 +310,55 @@ fn members_change_in_place_and_rules_are_compared() {
     );
     assert!(!same_rules(&old, &changed, AddressFamily::Ipv4));
 }
+
+#[test]
+fn a_family_no_local_endpoint_has_an_address_of_only_drops_workload_traffic() {
+    let mut m = no_matches();
+    m.source.ip_set = Some("s-1".into());
+    let sets = BTreeMap::from([(
+        "s-1".to_owned(),
+        IpSet {
+            selector: "all()".into(),
+            members: [net("10.0.0.2/32"), net("fd00::2/128")].into(),
+        },
+    )]);
+    let v4_only = one_policy(
+        vec![rule(0, Action::Allow, m)],
+        TierDefaultAction::Deny,
+        sets,
+    );
+    let names = |p: &Program, f| -> Vec<String> {
+        let t = table(p, f);
+        t.chains
+            .into_iter()
+            .map(|c| c.name)
+            .chain(t.sets.into_iter().map(|s| s.name))
+            .collect()
+    };
+    assert_eq!(
+        names(&v4_only, AddressFamily::Ipv6),
+        ["forward", "from-wl-dispatch", "to-wl-dispatch"]
+    );
+    assert!(names(&v4_only, AddressFamily::Ipv4).contains(&"pi-1".to_owned()));
+    assert!(render(&v4_only, AddressFamily::Ipv6).contains("oifname \"mgy*\" counter drop"));
+
+    // The endpoint gains an IPv6 address: the IPv6 table gets everything.
+    let mut dual = v4_only.clone();
+    dual.endpoints
+        .get_mut("mgya")
+        .unwrap()
+        .ips
+        .push("fd00::1".parse().unwrap());
+    assert!(!same_rules(&v4_only, &dual, AddressFamily::Ipv6));
+    assert!(same_rules(&v4_only, &dual, AddressFamily::Ipv4));
+    let script = update(&v4_only, &dual, AddressFamily::Ipv6);
+    for line in [
+        "add set ip6 margay-policy s-1 { type ipv6_addr; flags interval; }",
+        "add element ip6 margay-policy s-1 { fd00::2 }",
+        "add chain ip6 margay-policy pi-1",
+        "add element ip6 margay-policy to-wl { \"mgya\" : goto tw-mgya }",
+    ] {
+        assert!(script.contains(line), "{line} missing from:\n{script}");
+    }
+    assert_eq!(update(&v4_only, &dual, AddressFamily::Ipv4), "");
+}

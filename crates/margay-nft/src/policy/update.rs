@@ -33,6 +33,11 @@ const MAX_COMMENT: usize = 128;
 /// with set updates, a table that no longer holds `old` may refuse the script (as a whole),
 /// and should then be replaced with [`render`].
 pub fn update(old: &Program, new: &Program, family: AddressFamily) -> String {
+    let (old, new) = (
+        old.for_family(family.version()),
+        new.for_family(family.version()),
+    );
+    let (old, new) = (&*old, &*new);
     let table = format!("{} {POLICY_TABLE}", family.table_family());
     let old_sets = set_kinds(old);
     let new_sets = set_kinds(new);
