@@ -90,6 +90,11 @@ impl<I: Iptables> IptablesPolicy<I> {
     /// was applied since. A failure leaves the family that failed to be read back from the
     /// kernel on the next apply.
     pub fn apply(&mut self, program: Program) -> Result<Change, margay_iptables::Error> {
+        // Endpoints whose policies changed together keep jumping to the same group chain.
+        let program = match &self.applied {
+            Some(old) => program.reusing_groups(old),
+            None => program,
+        };
         let ran_v4 = self.v4.apply(&program)?;
         let ran_v6 = self.v6.apply(&program)?;
         let change = if !(ran_v4 || ran_v6) {

@@ -273,6 +273,11 @@ impl<R: NftRunner> PolicyTables<R> {
     /// one transaction) and the next apply retries.
     pub fn apply(&mut self, program: Program) -> Result<Change, margay_nft::Error> {
         let old = self.applied.take();
+        // Endpoints whose policies changed together keep naming the same group chain.
+        let program = match &old {
+            Some(old) => program.reusing_groups(old),
+            None => program,
+        };
         let change = match &old {
             Some(old) if *old == program => Change::Unchanged,
             Some(old) => {
@@ -572,6 +577,42 @@ spec: {tier: missing, selector: all(), types: [Ingress]}
         assert!(update.contains("delete chain ip margay-policy"), "{update}");
         // No endpoint has an IPv6 address: that table holds only the drops, unchanged.
         assert!(!update.contains("ip6 margay-policy"), "{update}");
+    }
+
+    #[test]
+    fn a_policy_added_for_endpoints_sharing_a_group_rewrites_the_group_not_their_chains() {
+        let mut tables = PolicyTables::new(Recorder::default());
+        let first = compute(cluster("10.0.0.2/32", FROM_B), "n1")
+            .program
+            .unwrap();
+        tables.apply(first.clone()).unwrap();
+        let also = r#"
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: also}
+spec: {selector: app == 'a', ingress: [{action: Deny, protocol: UDP}]}
+"#;
+        let second = compute(cluster("10.0.0.2/32", &format!("{FROM_B}{also}")), "n1")
+            .program
+            .unwrap();
+        assert_eq!(tables.apply(second).unwrap(), Change::Chains);
+        let update = tables.runner.scripts.last().unwrap();
+        let group = &first.endpoints["mgya"].ingress.tiers[0]
+            .group
+            .clone()
+            .unwrap();
+        assert!(
+            update.contains(&format!("flush chain ip margay-policy {group}\n")),
+            "{update}"
+        );
+        assert!(!update.contains("tw-mgya"), "{update}");
+        assert_eq!(
+            tables.applied().unwrap().endpoints["mgya"].ingress.tiers[0]
+                .group
+                .as_ref(),
+            Some(group)
+        );
     }
 
     #[test]

@@ -91,6 +91,71 @@ pub struct Program {
 }
 
 impl Program {
+    /// This program with the ids of its new policy groups replaced, where it can, by those
+    /// of `previous`'s groups that are going away: a group of `previous` whose endpoints all
+    /// move to one new group (a policy added to or removed from the policies they share)
+    /// lends that group its id. The group's chain is then rewritten in place, and the chains
+    /// of its endpoints, which name it, stay as they are: one chain rewritten instead of one
+    /// per endpoint. A new group takes the id of the going group it shares the most users
+    /// with, when all its users were that group's; ids are only names, so what the program
+    /// enforces does not change.
+    pub fn reusing_groups(mut self, previous: &Program) -> Program {
+        let users = |program: &Program| {
+            let mut users: BTreeMap<String, BTreeSet<(String, bool)>> = BTreeMap::new();
+            for (iface, ep) in &program.endpoints {
+                for (pipeline, ingress) in [(&ep.ingress, true), (&ep.egress, false)] {
+                    for group in pipeline.tiers.iter().filter_map(|t| t.group.as_ref()) {
+                        users
+                            .entry(group.clone())
+                            .or_default()
+                            .insert((iface.clone(), ingress));
+                    }
+                }
+            }
+            users
+        };
+        let (old_users, new_users) = (users(previous), users(&self));
+        let mut going: BTreeMap<&String, &BTreeSet<(String, bool)>> = old_users
+            .iter()
+            .filter(|(id, _)| previous.groups.contains_key(*id) && !self.groups.contains_key(*id))
+            .collect();
+        let mut arriving: Vec<(&String, &BTreeSet<(String, bool)>)> = new_users
+            .iter()
+            .filter(|(id, _)| self.groups.contains_key(*id) && !previous.groups.contains_key(*id))
+            .collect();
+        // The largest first, so that the group most endpoints move to keeps the name.
+        arriving.sort_by_key(|(id, users)| (std::cmp::Reverse(users.len()), *id));
+        let mut renames: HashMap<String, String> = HashMap::new();
+        for (id, users) in arriving {
+            let lender = going
+                .iter()
+                .find(|(_, had)| users.is_subset(had))
+                .map(|(old, _)| (*old).clone());
+            if let Some(old) = lender {
+                going.remove(&old);
+                renames.insert(id.clone(), old);
+            }
+        }
+        if renames.is_empty() {
+            return self;
+        }
+        for (id, old) in &renames {
+            if let Some(group) = self.groups.remove(id) {
+                self.groups.insert(old.clone(), group);
+            }
+        }
+        for ep in self.endpoints.values_mut() {
+            for pipeline in [&mut ep.ingress, &mut ep.egress] {
+                for stage in &mut pipeline.tiers {
+                    if let Some(old) = stage.group.as_ref().and_then(|g| renames.get(g)) {
+                        stage.group = Some(old.clone());
+                    }
+                }
+            }
+        }
+        self
+    }
+
     /// The program as the dataplane of one IP version (4 or 6) enforces it: the whole
     /// program when some local endpoint has an address of that version, and otherwise the
     /// program with no endpoints, chains or sets, whose dataplane drops every packet of that

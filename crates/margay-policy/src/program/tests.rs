@@ -948,3 +948,41 @@ mod random {
         }
     }
 }
+
+#[test]
+fn groups_whose_endpoints_move_together_keep_their_ids() {
+    let second = "
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: also-from-b}
+spec:
+  order: 5
+  selector: app in {'a', 'c'}
+  ingress: [{action: Deny, protocol: TCP, source: {selector: app == 'b'}}]
+";
+    let c = wep("x", "c", "n1", "mgyc", "10.0.0.3", "app: c");
+    let one = program(&cluster_of(&format!("{PODS}{c}{ALLOW_FROM_B}")), "n1");
+    let two = program(
+        &cluster_of(&format!("{PODS}{c}{ALLOW_FROM_B}{second}")),
+        "n1",
+    );
+    let group = |p: &Program, iface: &str| p.endpoints[iface].ingress.tiers[0].group.clone();
+    // a's policies change from [from-b] to [also-from-b, from-b]: a new group by content,
+    // whose id the old one lends it; c had no group before and gets the new one's own id.
+    assert_ne!(group(&one, "mgya"), group(&two, "mgya"));
+    let kept = two.clone().reusing_groups(&one);
+    assert_eq!(group(&kept, "mgya"), group(&one, "mgya"));
+    assert_eq!(group(&kept, "mgyc"), group(&two, "mgyc"));
+    let id = group(&one, "mgya").unwrap();
+    assert_eq!(kept.groups[&id], two.groups[&group(&two, "mgya").unwrap()]);
+    assert_eq!(kept.groups.len(), two.groups.len());
+    // Only names changed: every packet gets the same verdict.
+    assert_eq!(kept.policies, two.policies);
+    assert_eq!(kept.ip_sets, two.ip_sets);
+    // A program with itself is unchanged; the policy removed again, a's group keeps the id.
+    assert_eq!(two.clone().reusing_groups(&two), two);
+    let back = one.clone().reusing_groups(&kept);
+    assert_eq!(group(&back, "mgya"), group(&kept, "mgya"));
+    assert_eq!(back.groups[&id], one.groups[&id]);
+}
