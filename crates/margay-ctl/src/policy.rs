@@ -13,23 +13,36 @@ fn model_error(origin: &str, e: margay_policy::PolicyError) -> CtlError {
     }
 }
 
-/// Everything the engine reads, as stored.
-pub async fn cluster_from_datastore(client: &Client) -> Result<Cluster> {
+/// Everything the engine reads, as stored. A policy the engine cannot use is left out, as
+/// the agent leaves it out (each one in the warnings), so the matrix is what the dataplanes
+/// enforce.
+pub async fn cluster_from_datastore(client: &Client) -> Result<(Cluster, Vec<String>)> {
     let mut resources = Vec::new();
     for kind in margay_policy::INPUT_KINDS {
         resources.extend(client.list_resources(kind, None).await?);
     }
-    Cluster::from_resources(resources).map_err(|e| model_error(&client.datastore().describe(), e))
+    let (cluster, skipped) = Cluster::from_resources_skipping_bad_policies(resources)
+        .map_err(|e| model_error(&client.datastore().describe(), e))?;
+    Ok((cluster, left_out(&skipped)))
 }
 
 /// Namespaces, Pods (labels, named ports, `status.podIPs`) and policies of every kind, from
-/// files as `kubectl get -o yaml` or `calicoctl get -o yaml` print them.
+/// files as `kubectl get -o yaml` or `calicoctl get -o yaml` print them; the warnings include
+/// each policy left out, as the agent would leave it out.
 pub fn cluster_from_files(paths: &[String]) -> Result<(Cluster, Vec<String>)> {
     let docs = read_sources(paths)?;
-    let (resources, warnings) = decode_all(&docs, "default")?;
-    let cluster =
-        Cluster::from_resources(resources).map_err(|e| model_error(&paths.join(", "), e))?;
+    let (resources, mut warnings) = decode_all(&docs, "default")?;
+    let (cluster, skipped) = Cluster::from_resources_skipping_bad_policies(resources)
+        .map_err(|e| model_error(&paths.join(", "), e))?;
+    warnings.extend(left_out(&skipped));
     Ok((cluster, warnings))
+}
+
+fn left_out(skipped: &[margay_policy::PolicyError]) -> Vec<String> {
+    skipped
+        .iter()
+        .map(|e| format!("left out, as the agent leaves it out: {e}"))
+        .collect()
 }
 
 /// One matrix per (port, protocol): the ones asked for, or else every named port the

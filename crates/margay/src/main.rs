@@ -525,7 +525,10 @@ async fn run_with_datastore(cli: Cli) -> anyhow::Result<()> {
             output,
             ..
         }) => {
-            let cluster = margay_ctl::policy::cluster_from_datastore(&client).await?;
+            let (cluster, warnings) = margay_ctl::policy::cluster_from_datastore(&client).await?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
             print_matrices(&cluster, port, protocol, output)
         }
         Command::Trace(t) => {
