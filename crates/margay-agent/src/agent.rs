@@ -37,6 +37,8 @@ fn watched() -> impl Iterator<Item = Kind> {
         Kind::Node,
         Kind::IPAMBlock,
         Kind::AgentConfiguration,
+        Kind::BGPConfiguration,
+        Kind::BGPPeer,
     ]
     .into_iter()
     .chain(margay_policy::INPUT_KINDS)
@@ -64,6 +66,8 @@ pub struct SyncReport {
     pub policy_inputs: Option<Vec<Resource>>,
     /// Where policy goes: `AgentConfiguration.dataplane`, from the same snapshot.
     pub dataplane: Dataplane,
+    /// The BGP speaker this node should run, from the same snapshot (see [`crate::bgp`]).
+    pub bgp: Option<crate::bgp::Desired>,
 }
 
 /// The interface that holds `ip`, and its MTU.
@@ -116,6 +120,7 @@ pub async fn sync_once<K: Kernel>(
         model = Model::load(client, &host.node, with_policy).await?;
     }
     let plan = plan::plan(&model, host);
+    let bgp = Some(crate::bgp::desired(&model, host));
     let policy_inputs = std::mem::take(&mut model.policy_inputs);
     let dataplane = model.config.dataplane();
     let observed = kernel.observe()?;
@@ -150,6 +155,7 @@ pub async fn sync_once<K: Kernel>(
         next_due,
         policy_inputs,
         dataplane,
+        bgp,
     })
 }
 
@@ -379,6 +385,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
     // read back from the kernel and changed where they differ. The agent runs in its node's
     // network namespace, so both tools act on the node.
     let mut dataplanes = PolicyDataplanes::new(NftCommand::default(), IptablesCommand::new());
+    let mut bgp = crate::bgp::Bgp::new(opts.bgp, health.clone(), metrics.clone());
     run_loop(
         &ds,
         &client,
@@ -387,6 +394,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
         &mut kernel,
         &mut nft,
         &mut dataplanes,
+        &mut bgp,
         &health,
         &metrics,
         resync,
@@ -403,6 +411,7 @@ async fn run_loop(
     kernel: &mut LinuxKernel,
     nft: &mut Applier<NftCommand>,
     dataplanes: &mut Dataplanes,
+    bgp: &mut crate::bgp::Bgp,
     health: &Arc<Health>,
     metrics: &Arc<Metrics>,
     resync: Duration,
@@ -472,6 +481,9 @@ async fn run_loop(
         if let Err(e) = nft.apply(&report.plan.nat) {
             metrics.apply_error("nft");
             errors.push(format!("nft: {e}"));
+        }
+        if let Some(desired) = &report.bgp {
+            errors.extend(bgp.sync(desired).await);
         }
         if timer_driven {
             match dataplanes.recheck() {

@@ -29,4 +29,7 @@ pub struct AgentOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// `None`: from AgentConfiguration (`routeRefreshInterval`, default 90 s).
     pub resync_interval: Option<Duration>,
+    /// Run the BGP speaker even without a `BGPConfiguration default` or any `BGPPeer`
+    /// (`--bgp`, Calico's `CALICO_NETWORKING_BACKEND=bird`).
+    pub bgp: bool,
 }

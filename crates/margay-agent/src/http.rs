@@ -45,6 +45,8 @@ struct HealthState {
     liveness_timeout: Duration,
     /// `None` until the agent first publishes its view.
     status: Option<Value>,
+    /// The BGP speaker's view (`/status`'s `bgp`), refreshed apart from the syncs.
+    bgp: Option<Value>,
 }
 
 impl Health {
@@ -62,6 +64,7 @@ impl Health {
                 last_beat: Instant::now(),
                 liveness_timeout,
                 status: None,
+                bgp: None,
             }),
         })
     }
@@ -82,6 +85,21 @@ impl Health {
     /// The agent's view, served as JSON on `/status`.
     pub fn set_status(&self, status: Value) {
         self.lock().status = Some(status);
+    }
+
+    /// The BGP speaker's view, served as `bgp` in `/status`.
+    pub fn set_bgp(&self, bgp: Value) {
+        self.lock().bgp = Some(bgp);
+    }
+
+    /// What `/status` serves: the agent's view with the BGP speaker's in it.
+    pub fn status(&self) -> Option<Value> {
+        let state = self.lock();
+        let mut status = state.status.clone()?;
+        if let (Some(object), Some(bgp)) = (status.as_object_mut(), &state.bgp) {
+            object.insert("bgp".into(), bgp.clone());
+        }
+        Some(status)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -168,7 +186,7 @@ async fn readiness(State(health): State<Arc<Health>>) -> (StatusCode, String) {
 }
 
 async fn status(State(health): State<Arc<Health>>) -> Response {
-    match health.lock().status.clone() {
+    match health.status() {
         Some(status) => Json(status).into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no status published yet\n").into_response(),
     }

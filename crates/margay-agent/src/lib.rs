@@ -5,9 +5,11 @@
 //! against what the kernel has and applies only the difference ([`reconcile`], through the
 //! [`kernel::Kernel`] seam), and programs the node's network policy into nftables or
 //! iptables ([`policy`], [`dataplane`]), on every change and on a resync timer ([`agent`]).
+//! With BGP enabled it also runs the node's BGP speaker ([`bgp`]).
 
 pub mod agent;
 pub mod autodetect;
+pub mod bgp;
 pub mod config;
 pub mod dataplane;
 pub mod http;

@@ -1,7 +1,8 @@
 //! The agent's Prometheus metrics, exposed on `/metrics` by [`crate::http::bind_metrics`].
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use margay_api::Dataplane;
 use prometheus_client::encoding::{text, EncodeLabelSet};
@@ -36,6 +37,71 @@ struct ErrorLabels {
     kind: String,
 }
 
+/// `peer="172.30.0.12", type="node-to-node mesh"` (see [`crate::bgp::PeerType`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+    r#type: String,
+}
+
+/// The speaker's per-peer metrics and its totals.
+#[derive(Debug)]
+struct BgpMetrics {
+    peer_up: Family<PeerLabels, Gauge<u64, AtomicU64>>,
+    prefixes_received: Family<PeerLabels, Gauge<u64, AtomicU64>>,
+    prefixes_accepted: Family<PeerLabels, Gauge<u64, AtomicU64>>,
+    prefixes_advertised: Family<PeerLabels, Gauge<u64, AtomicU64>>,
+    messages_received: Family<PeerLabels, Gauge<u64, AtomicU64>>,
+    messages_sent: Family<PeerLabels, Gauge<u64, AtomicU64>>,
+    /// The speaker's totals, in [`BGP_COUNTERS`] order.
+    totals: Vec<Counter>,
+    /// The last totals seen (the speaker's restart starts them again at 0) and the peers
+    /// exported, whose series go when they do.
+    last: Mutex<(Vec<u64>, BTreeSet<PeerLabels>)>,
+}
+
+/// `margay_bgp_<name>_total` and its help, for each of the speaker's counters.
+const BGP_COUNTERS: [(&str, &str); 12] = [
+    ("messages_received", "BGP messages received"),
+    ("messages_sent", "BGP messages sent"),
+    ("updates_received", "BGP UPDATE messages received"),
+    ("updates_sent", "BGP UPDATE messages sent"),
+    (
+        "notifications_received",
+        "BGP NOTIFICATION messages received",
+    ),
+    ("notifications_sent", "BGP NOTIFICATION messages sent"),
+    (
+        "sessions_established",
+        "BGP sessions that reached Established",
+    ),
+    ("sessions_dropped", "BGP sessions that left Established"),
+    ("connect_failures", "Outgoing BGP connections that failed"),
+    ("routes_installed", "Learned routes written to the kernel"),
+    ("routes_removed", "Learned routes removed from the kernel"),
+    (
+        "sink_errors",
+        "Batches of route changes the kernel refused, wholly or in part",
+    ),
+];
+
+fn counter_values(c: &margay_bgp::speaker::Counters) -> Vec<u64> {
+    vec![
+        c.messages_received,
+        c.messages_sent,
+        c.updates_received,
+        c.updates_sent,
+        c.notifications_received,
+        c.notifications_sent,
+        c.sessions_established,
+        c.sessions_dropped,
+        c.connect_failures,
+        c.routes_installed,
+        c.routes_removed,
+        c.sink_errors,
+    ]
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DataplaneLabels {
     dataplane: String,
@@ -58,6 +124,7 @@ pub struct Metrics {
     policy_sets: Gauge<u64, AtomicU64>,
     policy_errors: Gauge<u64, AtomicU64>,
     policy_dataplane: Family<DataplaneLabels, Gauge<u64, AtomicU64>>,
+    bgp: BgpMetrics,
 }
 
 /// What the policy tables hold, for [`Metrics::set_policy`].
@@ -157,7 +224,55 @@ impl Metrics {
                 dataplane: dataplane.as_str().into(),
             });
         }
+        let mut peer_family = |name: &str, help: &str| {
+            let f = Family::<PeerLabels, Gauge<u64, AtomicU64>>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let peer_up = peer_family(
+            "margay_bgp_peer_up",
+            "1 while the BGP session with the peer is Established",
+        );
+        let prefixes_received = peer_family(
+            "margay_bgp_peer_prefixes_received",
+            "Prefixes the peer announced during the current session",
+        );
+        let prefixes_accepted = peer_family(
+            "margay_bgp_peer_prefixes_accepted",
+            "Prefixes from the peer in the RIB now",
+        );
+        let prefixes_advertised = peer_family(
+            "margay_bgp_peer_prefixes_advertised",
+            "Prefixes advertised to the peer now",
+        );
+        let messages_received = peer_family(
+            "margay_bgp_peer_messages_received",
+            "BGP messages received from the peer",
+        );
+        let messages_sent = peer_family(
+            "margay_bgp_peer_messages_sent",
+            "BGP messages sent to the peer",
+        );
+        let totals = BGP_COUNTERS
+            .iter()
+            .map(|(name, help)| {
+                let c = Counter::default();
+                registry.register(format!("margay_bgp_{name}"), *help, c.clone());
+                c
+            })
+            .collect();
+        let bgp = BgpMetrics {
+            peer_up,
+            prefixes_received,
+            prefixes_accepted,
+            prefixes_advertised,
+            messages_received,
+            messages_sent,
+            totals,
+            last: Mutex::new((vec![0; BGP_COUNTERS.len()], BTreeSet::new())),
+        };
         Arc::new(Metrics {
+            bgp,
             registry,
             sync_duration,
             watch_lag,
@@ -207,6 +322,66 @@ impl Metrics {
         }
     }
 
+    /// The BGP speaker now: each peer (address, type, status) and the speaker's totals
+    /// (`None`: the speaker stopped).
+    pub fn set_bgp(
+        &self,
+        peers: &[(String, &str, &margay_bgp::speaker::PeerStatus)],
+        counters: Option<margay_bgp::speaker::Counters>,
+    ) {
+        let b = &self.bgp;
+        let mut last = b.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = BTreeSet::new();
+        for (peer, kind, status) in peers {
+            let labels = PeerLabels {
+                peer: peer.clone(),
+                r#type: (*kind).to_owned(),
+            };
+            let up = status.state == margay_bgp::speaker::State::Established;
+            b.peer_up.get_or_create(&labels).set(u64::from(up));
+            b.prefixes_received
+                .get_or_create(&labels)
+                .set(status.prefixes_received);
+            b.prefixes_accepted
+                .get_or_create(&labels)
+                .set(status.prefixes_accepted as u64);
+            b.prefixes_advertised
+                .get_or_create(&labels)
+                .set(status.prefixes_advertised as u64);
+            b.messages_received
+                .get_or_create(&labels)
+                .set(status.messages_received);
+            b.messages_sent
+                .get_or_create(&labels)
+                .set(status.messages_sent);
+            seen.insert(labels);
+        }
+        for gone in last.1.difference(&seen) {
+            for family in [
+                &b.peer_up,
+                &b.prefixes_received,
+                &b.prefixes_accepted,
+                &b.prefixes_advertised,
+                &b.messages_received,
+                &b.messages_sent,
+            ] {
+                family.remove(gone);
+            }
+        }
+        last.1 = seen;
+        match counters {
+            Some(c) => {
+                let now = counter_values(&c);
+                for ((counter, new), old) in b.totals.iter().zip(&now).zip(&last.0) {
+                    // A restarted speaker counts from 0 again: everything it counted is new.
+                    counter.inc_by(if new >= old { new - old } else { *new });
+                }
+                last.0 = now;
+            }
+            None => last.0 = vec![0; BGP_COUNTERS.len()],
+        }
+    }
+
     /// Time from a datastore event arriving to its change being applied.
     pub fn observe_watch_lag(&self, seconds: f64) {
         self.watch_lag.observe(seconds);
@@ -232,6 +407,76 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bgp_peers_and_totals_are_exported_and_removed_with_their_peer() {
+        use margay_bgp::speaker::{Counters, PeerStatus, State};
+        let m = Metrics::new();
+        let peer = |address: &str, state| PeerStatus {
+            address: address.parse().unwrap(),
+            state,
+            established_since: None,
+            prefixes_received: 3,
+            prefixes_accepted: 2,
+            prefixes_advertised: 1,
+            messages_received: 10,
+            messages_sent: 9,
+            last_error: None,
+        };
+        let (a, b) = (
+            peer("172.30.0.12", State::Established),
+            peer("172.30.0.13", State::Active),
+        );
+        let counters = Counters {
+            sessions_established: 4,
+            routes_installed: 7,
+            ..Default::default()
+        };
+        m.set_bgp(
+            &[
+                ("172.30.0.12".into(), "node-to-node mesh", &a),
+                ("172.30.0.13".into(), "node-to-node mesh", &b),
+            ],
+            Some(counters),
+        );
+        let text = m.encode();
+        for line in [
+            "margay_bgp_peer_up{peer=\"172.30.0.12\",type=\"node-to-node mesh\"} 1\n",
+            "margay_bgp_peer_up{peer=\"172.30.0.13\",type=\"node-to-node mesh\"} 0\n",
+            "margay_bgp_peer_prefixes_accepted{peer=\"172.30.0.12\",type=\"node-to-node mesh\"} 2\n",
+            "margay_bgp_peer_prefixes_advertised{peer=\"172.30.0.12\",type=\"node-to-node mesh\"} 1\n",
+            "margay_bgp_sessions_established_total 4\n",
+            "margay_bgp_routes_installed_total 7\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // A peer removed from the configuration takes its series along; totals only grow,
+        // also across a restarted speaker that counts from 0 again.
+        m.set_bgp(
+            &[("172.30.0.12".into(), "node-to-node mesh", &a)],
+            Some(Counters {
+                sessions_established: 5,
+                ..counters
+            }),
+        );
+        m.set_bgp(
+            &[("172.30.0.12".into(), "node-to-node mesh", &a)],
+            Some(Counters {
+                sessions_established: 1,
+                ..Default::default()
+            }),
+        );
+        let text = m.encode();
+        assert!(!text.contains("172.30.0.13"), "{text}");
+        assert!(
+            text.contains("margay_bgp_sessions_established_total 6\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("margay_bgp_routes_installed_total 7\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn every_metric_is_exposed_from_the_start() {

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use margay_api::{
-    AgentConfiguration, AgentConfigurationSpec, IPPool, Kind, Node, Resource, WorkloadEndpoint,
+    AgentConfiguration, AgentConfigurationSpec, BGPConfiguration, BGPPeer, IPPool, Kind, Node,
+    Resource, WorkloadEndpoint,
 };
 use margay_client::Client;
 use margay_datastore::Query;
@@ -70,6 +71,10 @@ pub struct Model {
     pub endpoints: Vec<WorkloadEndpoint>,
     /// This node's effective AgentConfiguration (`node.<name>` over `default` over defaults).
     pub config: AgentConfigurationSpec,
+    /// Every BGPConfiguration (`default` and `node.<name>` ones) and BGPPeer: what
+    /// [`crate::bgp::desired`] reads.
+    pub bgp_configs: Vec<BGPConfiguration>,
+    pub bgp_peers: Vec<BGPPeer>,
     /// What the policy engine reads ([`margay_policy::INPUT_KINDS`]), when asked for.
     pub policy_inputs: Option<Vec<Resource>>,
     /// The datastore revision the snapshot was read at (the newest of the lists).
@@ -88,6 +93,8 @@ impl Model {
         let (blocks, r3) = load_blocks(client).await?;
         let (endpoints, r4) = client.list::<WorkloadEndpoint>(None).await?;
         let (configs, r5) = client.list::<AgentConfiguration>(None).await?;
+        let (bgp_configs, r6) = client.list::<BGPConfiguration>(None).await?;
+        let (bgp_peers, r7) = client.list::<BGPPeer>(None).await?;
         let mut policy_inputs = None;
         if with_policy {
             let mut inputs = Vec::new();
@@ -111,8 +118,10 @@ impl Model {
             blocks,
             endpoints,
             config: AgentConfiguration::effective(global, mine),
+            bgp_configs,
+            bgp_peers,
             policy_inputs,
-            revision: [r1, r2, r3, r4, r5].into_iter().max().unwrap_or(0),
+            revision: [r1, r2, r3, r4, r5, r6, r7].into_iter().max().unwrap_or(0),
         })
     }
 }

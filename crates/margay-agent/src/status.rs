@@ -119,7 +119,136 @@ pub fn render(status: &Value) -> String {
     for w in status["warnings"].as_array().into_iter().flatten() {
         line("Warning", text(w));
     }
+    render_bgp(&mut out, &status["bgp"]);
     out
+}
+
+/// `SINCE`: the time of day of an RFC 3339 timestamp (as BIRD and calicoctl show it).
+fn since(v: &Value) -> String {
+    match v.as_str() {
+        Some(t) if t.len() >= 19 => t[11..19].to_owned(),
+        _ => "-".to_owned(),
+    }
+}
+
+/// A table as `calicoctl node status` draws it: centred headers, cells left-aligned.
+fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let rule: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+\n";
+    out.push_str(&rule);
+    for (h, w) in headers.iter().zip(&widths) {
+        let _ = write!(out, "| {h:^w$} ");
+    }
+    out.push_str("|\n");
+    out.push_str(&rule);
+    for row in rows {
+        for (cell, w) in row.iter().zip(&widths) {
+            let _ = write!(out, "| {cell:<w$} ");
+        }
+        out.push_str("|\n");
+    }
+    out.push_str(&rule);
+}
+
+/// The BGP speaker: its identity, then one row per peer as `calicoctl node status` has them,
+/// with the prefixes received (this session), accepted (in the RIB) and advertised.
+fn render_bgp(out: &mut String, bgp: &Value) {
+    if bgp.is_null() {
+        return;
+    }
+    if bgp["enabled"] != true {
+        let _ = writeln!(out, "{:<18}not enabled", "BGP");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{:<18}AS {}, router id {}, listening on {}{}",
+        "BGP",
+        text(&bgp["asNumber"]),
+        text(&bgp["routerId"]),
+        text(&bgp["listen"]),
+        match bgp["clusterId"].as_str() {
+            Some(id) => format!(", route reflector (cluster id {id})"),
+            None => String::new(),
+        }
+    );
+    let originated: Vec<String> = bgp["originated"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    let _ = writeln!(
+        out,
+        "{:<18}{}",
+        "BGP advertises",
+        if originated.is_empty() {
+            "-".to_owned()
+        } else {
+            originated.join(", ")
+        }
+    );
+    let _ = writeln!(out, "{:<18}{}", "BGP routes", text(&bgp["routes"]));
+    for w in bgp["warnings"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "{:<18}{}", "BGP warning", text(w));
+    }
+    let mut rows = Vec::new();
+    for p in bgp["peers"].as_array().into_iter().flatten() {
+        let established = p["state"] == "Established";
+        let info = match (established, p["lastError"].as_str()) {
+            (false, Some(e)) => format!("{} ({e})", text(&p["state"])),
+            _ => text(&p["state"]),
+        };
+        rows.push(vec![
+            text(&p["address"]),
+            text(&p["type"]),
+            if established { "up" } else { "start" }.to_owned(),
+            since(&p["since"]),
+            info,
+            format!(
+                "{}/{}/{}",
+                text(&p["prefixesReceived"]),
+                text(&p["prefixesAccepted"]),
+                text(&p["prefixesAdvertised"])
+            ),
+        ]);
+    }
+    out.push_str("\nIPv4 BGP status\n");
+    if rows.is_empty() {
+        out.push_str("No IPv4 peers found.\n");
+        return;
+    }
+    table(
+        out,
+        &[
+            "PEER ADDRESS",
+            "PEER TYPE",
+            "STATE",
+            "SINCE",
+            "INFO",
+            "PREFIXES RCVD/ACC/ADV",
+        ],
+        &rows,
+    );
+}
+
+/// `margay node status -o yaml`: the same document as `-o json`.
+pub fn render_yaml(status: &Value) -> String {
+    margay_api::document::to_yaml(std::slice::from_ref(status))
 }
 
 #[cfg(test)]
@@ -127,6 +256,55 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn bgp_status() -> Value {
+        json!({
+            "node": "node-1", "ip": "172.30.0.11/24", "uplink": "eth0", "ready": true,
+            "policy": {"programmed": false},
+            "bgp": {
+                "enabled": true, "asNumber": 64512, "routerId": "172.30.0.11",
+                "listen": "0.0.0.0:179", "clusterId": "244.0.0.1",
+                "originated": ["10.244.0.0/26", "10.244.9.3/32"], "routes": 1,
+                "warnings": ["BGPPeer tor: spec.filters is not supported by Margay's speaker; ignored"],
+                "peers": [
+                    {"address": "172.30.0.12", "type": "rr client", "state": "Established",
+                     "since": "2026-04-20T14:02:03Z", "prefixesReceived": 1,
+                     "prefixesAccepted": 1, "prefixesAdvertised": 3, "lastError": null},
+                    {"address": "172.30.0.13", "type": "node-to-node mesh", "state": "Active",
+                     "since": null, "prefixesReceived": 0, "prefixesAccepted": 0,
+                     "prefixesAdvertised": 0, "lastError": "connecting: Connection refused"}
+                ]
+            }
+        })
+    }
+
+    fn check_golden(name: &str, rendered: &str) {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        if std::env::var_os("MARGAY_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, rendered).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (MARGAY_UPDATE_GOLDEN=1 writes it)", path.display())
+        });
+        assert_eq!(rendered, golden, "differs from {}", path.display());
+    }
+
+    #[test]
+    fn bgp_peers_as_calicoctl_shows_them() {
+        check_golden("node-status-bgp.txt", &render(&bgp_status()));
+        check_golden("node-status-bgp.yaml", &render_yaml(&bgp_status()));
+        let text = render(&json!({"node": "n1", "bgp": {"enabled": false}}));
+        assert!(text.ends_with("BGP               not enabled\n"), "{text}");
+        let text = render(&json!({"node": "n1", "bgp": {"enabled": true, "peers": []}}));
+        assert!(
+            text.ends_with("IPv4 BGP status\nNo IPv4 peers found.\n"),
+            "{text}"
+        );
+        // An agent without BGP support says nothing about it.
+        assert!(!render(&json!({"node": "n1"})).contains("BGP"));
+    }
 
     #[test]
     fn policy_counts_and_errors_are_shown() {

@@ -357,6 +357,19 @@ fn peer_validation_follows_calico() {
             "spec.password.secretKeyRef.name",
         ),
         (
+            json!({"peerIP": "10.0.0.1", "asNumber": 1, "password": {"value": ""}}),
+            "spec.password.value",
+        ),
+        (
+            json!({"peerIP": "10.0.0.1", "asNumber": 1,
+                   "password": {"value": "x", "secretKeyRef": {"name": "s", "key": "k"}}}),
+            "spec.password.value",
+        ),
+        (
+            json!({"peerIP": "10.0.0.1", "asNumber": 1, "password": {"value": "x".repeat(81)}}),
+            "spec.password.value",
+        ),
+        (
             json!({"peerIP": "10.0.0.1", "asNumber": 1, "ttlSecurity": 256}),
             "spec.ttlSecurity",
         ),
@@ -412,4 +425,15 @@ fn selector_peer_and_deprecated_keep_original_next_hop() {
     }))
     .unwrap_err();
     assert_eq!(err.field, "spec.keepOriginalNextHop");
+}
+
+#[test]
+fn inline_password_value_is_accepted_and_round_trips() {
+    let d = peer(json!({"peerIP": "10.0.0.1", "asNumber": 1, "password": {"value": "s3cret"}}))
+        .unwrap();
+    assert_round_trips(&d);
+    let s = peer_spec(d);
+    let pw = s.password.unwrap();
+    assert_eq!(pw.value.as_deref(), Some("s3cret"));
+    assert!(pw.secret_key_ref.is_none());
 }

@@ -149,7 +149,18 @@ pub struct LabSpec {
     pub pods: Vec<PodSpec>,
     /// Extra documents to apply (policies…), in order.
     pub resources: Vec<Value>,
+    /// `bgp` mode: the first this many nodes are route reflectors, the mesh is off, and
+    /// every node peers with the reflectors; 0 is the full mesh.
+    #[serde(default)]
+    pub route_reflectors: usize,
 }
+
+/// The lab's route reflectors' cluster ID and label, as in Calico's documentation.
+pub const RR_CLUSTER_ID: &str = "244.0.0.1";
+pub const RR_LABEL: &str = "route-reflector";
+/// How long a lost BGP peer's routes are kept in `bgp` mode (graceful restart), instead of
+/// the 120 s default: a node that dies is routed around within seconds.
+pub const LAB_BGP_MAX_RESTART: &str = "3s";
 
 pub const DEFAULT_FABRIC: &str = "172.30.0.0/16";
 pub const DEFAULT_POOL: &str = "10.244.0.0/16";
@@ -176,6 +187,7 @@ struct SpecFile {
     pods: Vec<PodEntry>,
     #[serde(default)]
     resources: Vec<Value>,
+    route_reflectors: Option<i64>,
 }
 
 /// A node is a name, or `{name: …}`.
@@ -227,6 +239,8 @@ struct PortEntry {
 pub struct Overrides {
     pub mode: Option<Mode>,
     pub datastore: Option<DatastoreKind>,
+    /// `--route-reflectors N`.
+    pub route_reflectors: Option<usize>,
 }
 
 /// A spec that cannot be used; `Display` is one line naming the file and field.
@@ -327,6 +341,32 @@ fn check(file: SpecFile, origin: &str, overrides: &Overrides) -> Result<LabSpec,
             ),
         ));
     }
+    let route_reflectors = match (overrides.route_reflectors, file.route_reflectors) {
+        (Some(n), _) => n as i64,
+        (None, Some(n)) => n,
+        (None, None) => 0,
+    };
+    let rr_field = if overrides.route_reflectors.is_some() {
+        "--route-reflectors"
+    } else {
+        "routeReflectors"
+    };
+    if route_reflectors < 0 || route_reflectors as usize > file.nodes.len() {
+        return Err(err(
+            rr_field.into(),
+            format!(
+                "{route_reflectors} is not between 0 and the number of nodes ({})",
+                file.nodes.len()
+            ),
+        ));
+    }
+    if route_reflectors > 0 && mode != Mode::Bgp {
+        return Err(err(
+            rr_field.into(),
+            format!("route reflectors need --mode bgp (this lab is {mode})"),
+        ));
+    }
+    let route_reflectors = route_reflectors as usize;
     let mut nodes = Vec::new();
     for (i, entry) in file.nodes.iter().enumerate() {
         let name = match entry {
@@ -529,6 +569,7 @@ fn check(file: SpecFile, origin: &str, overrides: &Overrides) -> Result<LabSpec,
         namespaces,
         pods,
         resources: file.resources,
+        route_reflectors,
     };
     // Every document is decoded now, so a bad one stops `up` before anything exists.
     for (i, doc) in spec.documents().into_iter().enumerate() {
@@ -548,7 +589,49 @@ fn check(file: SpecFile, origin: &str, overrides: &Overrides) -> Result<LabSpec,
 impl LabSpec {
     /// Number of documents made from pools, namespaces and pods (before `resources`).
     fn generated_documents(&self) -> usize {
-        self.pools.len() + self.namespaces.len() + self.pods.len()
+        self.pools.len() + self.namespaces.len() + self.pods.len() + self.bgp_documents().len()
+    }
+
+    /// `bgp` mode: BGPConfiguration `default` (mesh on unless there are route reflectors;
+    /// a short graceful-restart time), and with reflectors their Nodes (label and cluster
+    /// ID, before the agents register them) and the BGPPeer every node uses to peer with
+    /// them, as Calico documents.
+    fn bgp_documents(&self) -> Vec<Value> {
+        if self.mode != Mode::Bgp {
+            return Vec::new();
+        }
+        let mesh = self.route_reflectors == 0;
+        let mut docs = vec![json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "BGPConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {
+                "nodeToNodeMeshEnabled": mesh,
+                "nodeMeshMaxRestartTime": LAB_BGP_MAX_RESTART,
+            },
+        })];
+        if mesh {
+            return docs;
+        }
+        for node in self.nodes.iter().take(self.route_reflectors) {
+            docs.push(json!({
+                "apiVersion": "projectcalico.org/v3",
+                "kind": "Node",
+                "metadata": {"name": node, "labels": {RR_LABEL: "true"}},
+                "spec": {"bgp": {"routeReflectorClusterID": RR_CLUSTER_ID}},
+            }));
+        }
+        docs.push(json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "BGPPeer",
+            "metadata": {"name": "peer-with-route-reflectors"},
+            "spec": {
+                "nodeSelector": "all()",
+                "peerSelector": format!("{RR_LABEL} == 'true'"),
+                "maxRestartTime": LAB_BGP_MAX_RESTART,
+            },
+        }));
+        docs
     }
 
     /// Everything `up` stores: pools (encapsulated as the mode says), Namespaces, Pods (node
@@ -597,6 +680,7 @@ impl LabSpec {
                 },
             }));
         }
+        docs.extend(self.bgp_documents());
         docs.extend(self.resources.iter().cloned());
         docs
     }
@@ -738,6 +822,87 @@ pods:
     }
 
     #[test]
+    fn bgp_mode_documents_mesh_or_route_reflectors() {
+        let bgp = |rr: Option<usize>| {
+            default_spec(
+                3,
+                1,
+                &Overrides {
+                    mode: Some(Mode::Bgp),
+                    route_reflectors: rr,
+                    ..Overrides::default()
+                },
+            )
+        };
+        let docs = bgp(None).unwrap().documents();
+        assert_eq!(docs[0]["spec"]["vxlanMode"], "Never");
+        assert_eq!(docs[0]["spec"]["ipipMode"], "Never");
+        let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "BGPConfiguration").count(),
+            1
+        );
+        assert!(!kinds.contains(&"BGPPeer"));
+        let config = docs
+            .iter()
+            .find(|d| d["kind"] == "BGPConfiguration")
+            .unwrap();
+        assert_eq!(config["spec"]["nodeToNodeMeshEnabled"], true);
+
+        let spec = bgp(Some(1)).unwrap();
+        assert_eq!(spec.route_reflectors, 1);
+        let docs = spec.documents();
+        let config = docs
+            .iter()
+            .find(|d| d["kind"] == "BGPConfiguration")
+            .unwrap();
+        assert_eq!(config["spec"]["nodeToNodeMeshEnabled"], false);
+        let nodes: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Node").collect();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0]["metadata"]["name"], "node-1");
+        assert_eq!(nodes[0]["metadata"]["labels"][RR_LABEL], "true");
+        assert_eq!(
+            nodes[0]["spec"]["bgp"]["routeReflectorClusterID"],
+            RR_CLUSTER_ID
+        );
+        let peer = docs.iter().find(|d| d["kind"] == "BGPPeer").unwrap();
+        assert_eq!(peer["spec"]["peerSelector"], "route-reflector == 'true'");
+        // Every generated document decodes (check() ran them through decode()).
+
+        assert_eq!(
+            bgp(Some(4)).unwrap_err().to_string(),
+            "--nodes: --route-reflectors: 4 is not between 0 and the number of nodes (3)"
+        );
+        let err = default_spec(
+            3,
+            1,
+            &Overrides {
+                route_reflectors: Some(1),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--nodes: --route-reflectors: route reflectors need --mode bgp (this lab is vxlan)"
+        );
+        let err = parse_spec(
+            "mode: bgp\nnodes: [a, b]\nrouteReflectors: -1\n",
+            "lab.yaml",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "routeReflectors");
+        let spec = parse_spec(
+            "mode: bgp\nnodes: [a, b]\nrouteReflectors: 2\n",
+            "lab.yaml",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(spec.route_reflectors, 2);
+    }
+
+    #[test]
     fn documents_carry_mode_labels_and_named_ports() {
         let spec = parse_spec(
             XYZ,
@@ -745,6 +910,7 @@ pods:
             &Overrides {
                 mode: Some(Mode::Crosssubnet),
                 datastore: Some(DatastoreKind::Etcd),
+                route_reflectors: None,
             },
         )
         .unwrap();

@@ -51,7 +51,10 @@ fn agent_state(status: Result<Value, crate::HostError>) -> (String, Option<u64>,
     match status {
         Ok(s) if s["ready"] == Value::Bool(true) => (
             "ready".into(),
-            s["remoteRoutes"].as_u64(),
+            // The agent's own routes to other nodes, and those BGP learned.
+            s["remoteRoutes"]
+                .as_u64()
+                .map(|r| r + s["bgp"]["routes"].as_u64().unwrap_or(0)),
             s["localWorkloads"].as_u64(),
         ),
         Ok(s) => (

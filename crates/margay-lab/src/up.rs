@@ -52,14 +52,6 @@ pub fn up<H: Host>(host: &H, opts: &UpOptions) -> Result<LabState, LabError> {
         });
     }
     match opts.spec.mode {
-        Mode::Bgp => {
-            return Err(LabError::ModeUnavailable {
-                mode: Mode::Bgp,
-                reason: "Margay's BGP speaker has not landed yet; use --mode vxlan or \
-                         crosssubnet"
-                    .into(),
-            })
-        }
         Mode::Ipip if !host.ipip_supported() => {
             return Err(LabError::ModeUnavailable {
                 mode: Mode::Ipip,
@@ -294,25 +286,30 @@ fn start_agents<H: Host>(
     for node in &state.topology.nodes {
         let dir = state.node_dir(&node.name);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
+        let mut args = vec![
+            "--datastore".into(),
+            state.datastore_url.clone(),
+            "node".into(),
+            "run".into(),
+            "--name".into(),
+            node.name.clone(),
+            "--ip".into(),
+            node.ip.to_string(),
+            "--state-dir".into(),
+            state.node_state_dir(&node.name).display().to_string(),
+            "--health-addr".into(),
+            AGENT_HEALTH.into(),
+            "--metrics-addr".into(),
+            AGENT_METRICS.into(),
+        ];
+        if state.topology.mode == Mode::Bgp {
+            // The speaker runs (BGPConfiguration default also asks for it).
+            args.push("--bgp".into());
+        }
         host.spawn(&Daemon {
             netns: node.netns.clone(),
             program: state.binary.clone(),
-            args: vec![
-                "--datastore".into(),
-                state.datastore_url.clone(),
-                "node".into(),
-                "run".into(),
-                "--name".into(),
-                node.name.clone(),
-                "--ip".into(),
-                node.ip.to_string(),
-                "--state-dir".into(),
-                state.node_state_dir(&node.name).display().to_string(),
-                "--health-addr".into(),
-                AGENT_HEALTH.into(),
-                "--metrics-addr".into(),
-                AGENT_METRICS.into(),
-            ],
+            args,
             log: dir.join("agent.log"),
             ready_line: None,
         })?;
@@ -794,32 +791,24 @@ mod tests {
     fn unavailable_modes_are_refused_before_anything_is_made() {
         let root = tempfile::tempdir().unwrap();
         let host = FakeHost::default();
-        for (mode, message) in [
-            (
-                Mode::Ipip,
-                "--mode ipip: this kernel cannot create IPIP tunnels",
-            ),
-            (
-                Mode::Bgp,
-                "--mode bgp: Margay's BGP speaker has not landed yet",
-            ),
-        ] {
-            let spec = default_spec(
-                1,
-                1,
-                &Overrides {
-                    mode: Some(mode),
-                    ..Overrides::default()
-                },
-            )
-            .unwrap();
-            let err = up(&host, &options(root.path(), spec, &|_| {}))
-                .unwrap_err()
-                .to_string();
-            assert!(err.starts_with(message), "{err}");
-            assert!(host.namespaces.lock().unwrap().is_empty());
-            assert!(!root.path().join("fake").exists());
-        }
+        let spec = default_spec(
+            1,
+            1,
+            &Overrides {
+                mode: Some(Mode::Ipip),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        let err = up(&host, &options(root.path(), spec, &|_| {}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--mode ipip: this kernel cannot create IPIP tunnels"),
+            "{err}"
+        );
+        assert!(host.namespaces.lock().unwrap().is_empty());
+        assert!(!root.path().join("fake").exists());
         let err = up(
             &host,
             &UpOptions {

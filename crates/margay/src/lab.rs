@@ -100,6 +100,10 @@ pub struct UpArgs {
     pods_per_node: usize,
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
+    /// With `--mode bgp`: the first N nodes are route reflectors, the node-to-node mesh is
+    /// off and every node peers with the reflectors [default: 0, the full mesh].
+    #[arg(long)]
+    route_reflectors: Option<usize>,
     // `--datastore sqlite|etcd` arrives through the global `--datastore` (see `run`).
 }
 
@@ -329,6 +333,7 @@ fn up(host: &LinuxHost, args: UpArgs, datastore: Option<DatastoreKind>) -> anyho
             ModeArg::Bgp => Mode::Bgp,
         }),
         datastore,
+        route_reflectors: args.route_reflectors,
     };
     let lab_spec = match &args.spec {
         Some(path) => {

@@ -260,7 +260,7 @@ enum NodeCommand {
         #[arg(long, env = "MARGAY_HEALTH_ADDR", default_value = "127.0.0.1:9099")]
         health_addr: std::net::SocketAddr,
         #[arg(short, long, value_enum, default_value = "table")]
-        output: StatusOutput,
+        output: NodeStatusOutput,
     },
 }
 
@@ -268,6 +268,14 @@ enum NodeCommand {
 enum StatusOutput {
     Table,
     Json,
+}
+
+/// `margay node status -o …`: the table (with the BGP peers), or `/status` as it is.
+#[derive(Clone, Copy, ValueEnum)]
+enum NodeStatusOutput {
+    Table,
+    Json,
+    Yaml,
 }
 
 #[derive(clap::Args)]
@@ -300,6 +308,11 @@ struct NodeRunArgs {
     /// routeRefreshInterval (90s).
     #[arg(long, env = "MARGAY_RESYNC_INTERVAL", value_parser = humantime::parse_duration)]
     resync_interval: Option<Duration>,
+    /// Run the BGP speaker (full mesh by default), as Calico's
+    /// CALICO_NETWORKING_BACKEND=bird; it also runs whenever a BGPConfiguration `default`
+    /// or a BGPPeer exists.
+    #[arg(long, env = "MARGAY_BGP")]
+    bgp: bool,
 }
 
 #[derive(clap::Args)]
@@ -460,6 +473,7 @@ async fn node(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<()> {
                 health_addr: args.health_addr,
                 metrics_addr: args.metrics_addr,
                 resync_interval: args.resync_interval,
+                bgp: args.bgp,
             };
             margay_agent::agent::run(opts).await?;
             Ok(())
@@ -470,8 +484,13 @@ async fn node(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<()> {
         } => {
             let status = margay_agent::http::fetch_status(*health_addr).await?;
             match output {
-                StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                StatusOutput::Table => print!("{}", margay_agent::status::render(&status)),
+                NodeStatusOutput::Json => {
+                    println!("{}", serde_json::to_string_pretty(&status)?)
+                }
+                NodeStatusOutput::Yaml => {
+                    print!("{}", margay_agent::status::render_yaml(&status))
+                }
+                NodeStatusOutput::Table => print!("{}", margay_agent::status::render(&status)),
             }
             Ok(())
         }

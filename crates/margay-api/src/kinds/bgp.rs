@@ -154,13 +154,20 @@ pub struct CidrBlock {
 }
 
 /// Where a BGP password comes from. Calico only reads it from a Secret in the node agent's
-/// namespace; Margay keeps that shape and the agent resolves the reference.
+/// namespace (`secretKeyRef`); Margay keeps that shape and also accepts the password inline
+/// (`value`, Margay's own field), since it has no Secrets of its own to read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BGPPassword {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<SecretKeyRef>,
+    /// The password itself (Margay only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
+
+/// TCP MD5 keys are at most 80 bytes (RFC 2385, Linux's `TCP_MD5SIG_MAXKEYLEN`).
+pub const MAX_PASSWORD_LEN: usize = 80;
 
 /// Kubernetes' `SecretKeySelector`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,9 +181,36 @@ pub struct SecretKeyRef {
 }
 
 fn validate_password(field: &str, pw: &BGPPassword, errs: &mut Errors) {
-    let Some(r) = &pw.secret_key_ref else {
-        errs.add(format!("{field}.secretKeyRef"), "is required");
-        return;
+    let r = match (&pw.secret_key_ref, &pw.value) {
+        (Some(_), Some(_)) => {
+            errs.add(
+                format!("{field}.value"),
+                format!("cannot be set together with {field}.secretKeyRef"),
+            );
+            return;
+        }
+        (None, Some(v)) => {
+            if v.is_empty() {
+                errs.add(format!("{field}.value"), "must not be empty");
+            } else if v.len() > MAX_PASSWORD_LEN {
+                errs.add(
+                    format!("{field}.value"),
+                    format!(
+                        "is {} bytes; TCP MD5 keys are at most {MAX_PASSWORD_LEN}",
+                        v.len()
+                    ),
+                );
+            }
+            return;
+        }
+        (Some(r), None) => r,
+        (None, None) => {
+            errs.add(
+                format!("{field}.secretKeyRef"),
+                "is required (or, in Margay, an inline value)",
+            );
+            return;
+        }
     };
     if r.name.is_empty() {
         errs.add(format!("{field}.secretKeyRef.name"), "is required");

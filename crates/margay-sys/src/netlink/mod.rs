@@ -137,6 +137,11 @@ impl Route {
     pub const PROTO_BOOT: u8 = libc::RTPROT_BOOT;
     /// Margay's own `rtm_protocol`: the node agent owns exactly the routes carrying it.
     pub const PROTO_MARGAY: u8 = 77;
+    /// The routes the agent's BGP speaker learned (and `reachableBy` routes to its peers):
+    /// a protocol of their own, so the agent's reconciliation (77) and the speaker never
+    /// touch each other's routes. Calico's BIRD uses `proto bird` (12); Margay does not, so
+    /// that a BIRD on the same host is never mistaken for it.
+    pub const PROTO_MARGAY_BGP: u8 = 78;
 
     /// A unicast route to `destination` in the main table, as `ip route add` makes it
     /// ([`Route::PROTO_BOOT`], scope universe), with no gateway or output interface yet: set
