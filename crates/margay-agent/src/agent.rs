@@ -508,7 +508,7 @@ async fn run_loop(
             None => None,
         };
         if let Some(computed) = computed {
-            let outcome = program_policy(
+            policy_status = program_policy(
                 computed,
                 policy_started,
                 dataplanes,
@@ -516,14 +516,7 @@ async fn run_loop(
                 &opts.state_dir,
                 metrics,
                 &mut errors,
-                &policy_errors,
-            );
-            policy_errors.clone_from(&outcome.errors);
-            policy_status = policy_json(
-                dataplanes.applied(),
-                dataplanes.active(),
-                report.dataplane,
-                &outcome,
+                &mut policy_errors,
             );
         }
         if report.plan.pod_mtu != pod_mtu {
@@ -593,7 +586,7 @@ async fn run_loop(
                 let mut errors = Vec::new();
                 let started = Instant::now();
                 if let Some(computed) = policy_model.apply(changes, &host.node) {
-                    let outcome = program_policy(
+                    policy_status = program_policy(
                         computed,
                         started,
                         dataplanes,
@@ -601,14 +594,7 @@ async fn run_loop(
                         &opts.state_dir,
                         metrics,
                         &mut errors,
-                        &policy_errors,
-                    );
-                    policy_errors.clone_from(&outcome.errors);
-                    policy_status = policy_json(
-                        dataplanes.applied(),
-                        dataplanes.active(),
-                        report.dataplane,
-                        &outcome,
+                        &mut policy_errors,
                     );
                     if !errors.is_empty() {
                         // A failed apply: a sync from a snapshot retries it and reports.
@@ -635,7 +621,8 @@ type Dataplanes = PolicyDataplanes<NftCommand, IptablesCommand>;
 /// Applies this node's policy program, computed since `started`, to `dataplane` (removing
 /// the other's rules after a switch, and once after a start); an error about the model
 /// (no program) keeps what is programmed. After a successful apply, records the programmed
-/// interfaces. Failures go to `errors` and the metrics.
+/// interfaces. Failures go to `errors` and the metrics; `reported` becomes the policy errors
+/// of this program. Returns the `policy` object of `/status`.
 #[allow(clippy::too_many_arguments)]
 fn program_policy(
     computed: policy::Computed,
@@ -645,8 +632,8 @@ fn program_policy(
     state_dir: &Path,
     metrics: &Metrics,
     errors: &mut Vec<String>,
-    reported: &[String],
-) -> PolicyOutcome {
+    reported: &mut Vec<String>,
+) -> serde_json::Value {
     // Each error once, not on every sync while it lasts (`/status` always shows them all).
     for e in computed.errors.iter().filter(|e| !reported.contains(e)) {
         if computed.program.is_some() {
@@ -716,11 +703,18 @@ fn program_policy(
         sets: counts.sets as u64,
         errors: computed.errors.len() as u64,
     });
-    PolicyOutcome {
+    let outcome = PolicyOutcome {
         change,
         took,
         errors: computed.errors,
-    }
+    };
+    reported.clone_from(&outcome.errors);
+    policy_json(
+        dataplanes.applied(),
+        dataplanes.active(),
+        dataplane,
+        &outcome,
+    )
 }
 
 async fn outage(

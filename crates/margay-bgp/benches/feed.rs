@@ -62,7 +62,7 @@ fn child() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let sink = NetlinkSink::new(RouteSocket::new().unwrap(), Route::PROTO_MARGAY);
+        let sink = NetlinkSink::new(RouteSocket::new().unwrap(), Route::PROTO_MARGAY_BGP);
         let speaker =
             Speaker::start(SpeakerConfig::new(Ipv4Addr::new(10, 0, 1, 2), 65001), sink).unwrap();
         speaker.set_peers(vec![PeerConfig {
@@ -168,7 +168,7 @@ fn parent() {
     let t0 = Instant::now();
     let feed = Bird::start(&feeder, &conf);
     let (margay_t, bird_t) = std::thread::scope(|s| {
-        let mt = s.spawn(|| time_to_fill(&m, Route::PROTO_MARGAY, n, t0));
+        let mt = s.spawn(|| time_to_fill(&m, Route::PROTO_MARGAY_BGP, n, t0));
         let bt = s.spawn(|| time_to_fill(&b, PROTO_BIRD, n, t0));
         (mt.join().unwrap(), bt.join().unwrap())
     });

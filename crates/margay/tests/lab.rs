@@ -5,8 +5,8 @@
 //! dataplane, switching dataplanes while the agents run, clean-up after `kill -9` and after
 //! a crashed `up`, and bad specs that must create nothing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use margay_testkit::upstream::{self, Case, Fixture, Table};
@@ -15,103 +15,12 @@ use serde_json::Value;
 #[path = "support/host.rs"]
 mod host;
 
-use host::{is_root, run, unique};
+use host::unique;
 
-const BIN: &str = env!("CARGO_BIN_EXE_margay");
+#[path = "support/lab.rs"]
+mod lab_support;
 
-/// A lab with a unique name under its own root, taken down on drop.
-struct Lab {
-    name: String,
-    root: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        Lab {
-            name: unique("lab"),
-            root: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cmd(&self, sub: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(["lab", sub, "--name", &self.name])
-            .arg("--lab-root")
-            .arg(self.root.path())
-            .args(args)
-            .env_remove("CNI_COMMAND")
-            .env_remove("MARGAY_DATASTORE")
-            .env_remove("MARGAY_LAB_ROOT");
-        c
-    }
-
-    fn run(&self, sub: &str, args: &[&str]) -> Output {
-        run(&mut self.cmd(sub, args))
-    }
-
-    fn ok(&self, sub: &str, args: &[&str]) -> String {
-        let out = self.run(sub, args);
-        assert!(
-            out.status.success(),
-            "lab {sub} {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, sub: &str, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(sub, args)).unwrap()
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.root.path().join(&self.name)
-    }
-
-    /// Nothing of the lab is left: no namespace, no process, no state.
-    fn assert_gone(&self) {
-        let prefix = format!("{}-", self.name);
-        let left: Vec<String> = std::fs::read_dir("/run/netns")
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(left.is_empty(), "namespaces left: {left:?}");
-        assert!(!self.dir().exists(), "{} left", self.dir().display());
-        let procs = processes_mentioning(self.root.path());
-        assert!(procs.is_empty(), "processes left: {procs:?}");
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run("down", &[]);
-    }
-}
-
-/// Live processes whose command line mentions `path` (the lab's agents, CNI, etcd).
-fn processes_mentioning(path: &Path) -> Vec<String> {
-    let needle = path.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&needle))
-        .collect()
-}
-
-fn skip_unless_root() -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("skipped: lab tests need root (network namespaces)");
-    true
-}
+use lab_support::{skip_unless_root, Lab, BIN};
 
 /// The upstream network-policy suite's cluster: namespaces x, y, z with pods a, b, c, each
 /// serving 80 and 81 over TCP and UDP.
@@ -153,7 +62,7 @@ fn up_probe_down(mode: &str, datastore: &str, spec: Option<&str>) {
     if skip_unless_root() {
         return;
     }
-    let lab = Lab::new();
+    let lab = Lab::new("lab");
     let mut args = vec!["--mode", mode, "--datastore", datastore];
     let spec_path = lab.root.path().join("spec.yaml");
     let pods = match spec {
@@ -224,7 +133,7 @@ fn exec_apply_status_and_probe_filters() {
     if skip_unless_root() {
         return;
     }
-    let lab = Lab::new();
+    let lab = Lab::new("lab");
     lab.ok("up", &["--nodes", "2", "--pods-per-node", "1"]);
     let status = lab.json("status", &["-o", "json"]);
     let ip = status["pods"][0]["ip"].as_str().unwrap().to_owned();
@@ -584,23 +493,13 @@ struct NodePolicy {
 
 impl Lab {
     fn xyz() -> Lab {
-        let lab = Lab::new();
+        let lab = Lab::new("lab");
         let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/lab/xyz.yaml");
         lab.ok("up", &["--spec", spec]);
         lab
     }
 
     /// The lab's node namespaces.
-    fn node_namespaces(&self) -> Vec<String> {
-        let status = self.json("status", &["-o", "json"]);
-        status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["netns"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
     fn node_policy(netns: &str) -> NodePolicy {
         let exec =
             |args: &[&str]| host::ok(Command::new("ip").args(["netns", "exec", netns]).args(args));
@@ -763,7 +662,7 @@ fn down_after_kill_9_of_the_agents_cleans_up() {
     if skip_unless_root() {
         return;
     }
-    let lab = Lab::new();
+    let lab = Lab::new("lab");
     lab.ok("up", &["--nodes", "2", "--pods-per-node", "1"]);
     let status = lab.json("status", &["-o", "json"]);
     for node in status["nodes"].as_array().unwrap() {
@@ -797,7 +696,7 @@ fn down_after_a_killed_up_cleans_up() {
     if skip_unless_root() {
         return;
     }
-    let lab = Lab::new();
+    let lab = Lab::new("lab");
     let mut up = lab
         .cmd(
             "up",
@@ -850,7 +749,7 @@ fn bad_specs_create_nothing() {
         ),
     ];
     for (text, message) in cases {
-        let lab = Lab::new();
+        let lab = Lab::new("lab");
         let path = lab.root.path().join("bad.yaml");
         std::fs::write(&path, text).unwrap();
         let out = lab.run("up", &["--spec", path.to_str().unwrap()]);
@@ -870,7 +769,7 @@ fn modes_this_machine_cannot_run_are_refused() {
     if skip_unless_root() {
         return;
     }
-    let lab = Lab::new();
+    let lab = Lab::new("lab");
     // BGP runs (crates/margay/tests/lab_bgp.rs); route reflectors need it.
     let rr = lab.run("up", &["--route-reflectors", "1"]);
     assert!(!rr.status.success());

@@ -4,7 +4,7 @@
 //! Established, and a node whose agent is killed routed around by the others. Everything
 //! is taken down even when a test fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -13,97 +13,15 @@ use serde_json::Value;
 #[path = "support/host.rs"]
 mod host;
 
-use host::{is_root, run, unique};
+use host::run;
 
-const BIN: &str = env!("CARGO_BIN_EXE_margay");
+#[path = "support/lab.rs"]
+mod lab_support;
+
+use lab_support::{skip_unless_root, Lab, BIN};
+
 /// Margay's BGP routes' `rtm_protocol` (`Route::PROTO_MARGAY_BGP`).
 const PROTO_BGP: &str = "proto 78";
-
-/// A lab with a unique name under its own root, taken down on drop.
-struct Lab {
-    name: String,
-    root: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        Lab {
-            name: unique("bgp"),
-            root: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cmd(&self, sub: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(["lab", sub, "--name", &self.name])
-            .arg("--lab-root")
-            .arg(self.root.path())
-            .args(args)
-            .env_remove("CNI_COMMAND")
-            .env_remove("MARGAY_DATASTORE")
-            .env_remove("MARGAY_LAB_ROOT");
-        c
-    }
-
-    fn ok(&self, sub: &str, args: &[&str]) -> String {
-        let out = run(&mut self.cmd(sub, args));
-        assert!(
-            out.status.success(),
-            "lab {sub} {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, sub: &str, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(sub, args)).unwrap()
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.root.path().join(&self.name)
-    }
-
-    /// The node namespaces, in node order.
-    fn node_netns(&self) -> Vec<String> {
-        let status = self.json("status", &["-o", "json"]);
-        status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["netns"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    /// Nothing of the lab is left: no namespace, no state.
-    fn assert_gone(&self) {
-        let prefix = format!("{}-", self.name);
-        let left: Vec<String> = std::fs::read_dir("/run/netns")
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(left.is_empty(), "namespaces left: {left:?}");
-        assert!(!self.dir().exists(), "{} left", self.dir().display());
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = run(&mut self.cmd("down", &[]));
-    }
-}
-
-fn skip_unless_root() -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("skipped: lab tests need root (network namespaces)");
-    true
-}
 
 /// `cmd` run inside the network namespace `netns`.
 fn in_netns(netns: &str, program: &str, args: &[&str]) -> Output {
@@ -168,7 +86,7 @@ fn route_to(netns: &str, ip: &str) -> String {
 /// remote block routed by BGP; every node's peers Established in `margay node status`.
 /// Returns the lab for more checks.
 fn up_bgp(route_reflectors: usize) -> Lab {
-    let lab = Lab::new();
+    let lab = Lab::new("bgp");
     let rr = route_reflectors.to_string();
     let mut args = vec!["--mode", "bgp", "--nodes", "3", "--pods-per-node", "2"];
     if route_reflectors > 0 {
@@ -177,7 +95,7 @@ fn up_bgp(route_reflectors: usize) -> Lab {
     let out = lab.ok("up", &args);
     assert!(out.contains("margay lab down"), "{out}");
     assert_fully_connected(&lab.json("probe", &["-o", "json"]), 6);
-    let nodes = lab.node_netns();
+    let nodes = lab.node_namespaces();
     assert_eq!(nodes.len(), 3);
     let pods = pod_ips(&lab);
     for (i, netns) in nodes.iter().enumerate() {
@@ -268,7 +186,7 @@ fn a_route_reflector_carries_the_clients_routes() {
     let lab = up_bgp(1);
     // Clients learn each other's blocks only through the reflector, with the owner as next
     // hop (a reflector does not change it).
-    let nodes = lab.node_netns();
+    let nodes = lab.node_namespaces();
     let metrics = in_netns(&nodes[0], "curl", &["-s", "http://127.0.0.1:9091/metrics"]);
     if metrics.status.success() {
         let text = String::from_utf8_lossy(&metrics.stdout);
@@ -304,7 +222,7 @@ fn a_dead_node_is_routed_around_at_once() {
         return;
     }
     let lab = up_bgp(0);
-    let nodes = lab.node_netns();
+    let nodes = lab.node_namespaces();
     let victim = &nodes[2];
     let pids = agent_pids(victim);
     assert_eq!(pids.len(), 1, "agents in {victim}: {pids:?}");
