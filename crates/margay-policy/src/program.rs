@@ -91,6 +91,20 @@ pub struct Program {
 }
 
 impl Program {
+    /// The program of node `node` with nothing in it.
+    pub fn empty(node: &str) -> Program {
+        Program {
+            node: node.to_owned(),
+            endpoints: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            profiles: BTreeMap::new(),
+            ip_sets: BTreeMap::new(),
+            port_sets: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+        }
+    }
+
     /// This program with the ids of its new policy groups replaced, where it can, by those
     /// of `previous`'s groups that are going away: a group of `previous` whose endpoints all
     /// move to one new group (a policy added to or removed from the policies they share)
@@ -173,14 +187,8 @@ impl Program {
             return Cow::Borrowed(self);
         }
         Cow::Owned(Program {
-            node: self.node.clone(),
-            endpoints: BTreeMap::new(),
-            policies: BTreeMap::new(),
-            groups: BTreeMap::new(),
-            profiles: BTreeMap::new(),
-            ip_sets: BTreeMap::new(),
-            port_sets: BTreeMap::new(),
             skipped: self.skipped.clone(),
+            ..Program::empty(&self.node)
         })
     }
 }
@@ -374,16 +382,7 @@ const MAX_INTERFACE: usize = 15;
 pub fn program(cluster: &Cluster, node: &str) -> Program {
     let mut builder = Builder {
         cluster,
-        program: Program {
-            node: node.to_owned(),
-            endpoints: BTreeMap::new(),
-            policies: BTreeMap::new(),
-            groups: BTreeMap::new(),
-            profiles: BTreeMap::new(),
-            ip_sets: BTreeMap::new(),
-            port_sets: BTreeMap::new(),
-            skipped: BTreeMap::new(),
-        },
+        program: Program::empty(node),
         policy_ids: vec![[None, None]; cluster.policies.len()],
         group_ids: HashMap::new(),
         ip_set_ids: HashMap::new(),

@@ -246,16 +246,7 @@ fn endpoint_chains_walk_tiers_then_profiles() {
 
 #[test]
 fn an_empty_program_still_drops_unknown_workloads() {
-    let program = Program {
-        node: "n".into(),
-        endpoints: BTreeMap::new(),
-        policies: BTreeMap::new(),
-        groups: BTreeMap::new(),
-        profiles: BTreeMap::new(),
-        ip_sets: BTreeMap::new(),
-        port_sets: BTreeMap::new(),
-        skipped: BTreeMap::new(),
-    };
+    let program = Program::empty("n");
     let script = render(&program, AddressFamily::Ipv6);
     assert!(script.starts_with(
         "table ip6 margay-policy {}\ndelete table ip6 margay-policy\ntable ip6 margay-policy {\n"
