@@ -503,16 +503,25 @@ spec:
   ingress: [{from: [{podSelector: {matchLabels: {app: b}}}]}]
 "#;
 
-    #[test]
-    fn the_program_owners_and_errors_of_a_node() {
-        let bad_tier = r#"
+    /// A policy in a tier that does not exist: left out and reported.
+    const BAD_TIER: &str = r#"
 ---
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
 metadata: {name: missing.p}
 spec: {tier: missing, selector: all(), types: [Ingress]}
 "#;
-        let computed = compute(cluster("10.0.0.2/32", &format!("{FROM_B}{bad_tier}")), "n1");
+
+    /// The same program, errors and interface owners.
+    fn assert_same(got: &Computed, want: &Computed) {
+        assert_eq!(got.program, want.program);
+        assert_eq!(got.errors, want.errors);
+        assert_eq!(got.owners, want.owners);
+    }
+
+    #[test]
+    fn the_program_owners_and_errors_of_a_node() {
+        let computed = compute(cluster("10.0.0.2/32", &format!("{FROM_B}{BAD_TIER}")), "n1");
         let program = computed.program.unwrap();
         assert_eq!(program.endpoints.keys().collect::<Vec<_>>(), ["mgya"]);
         assert_eq!(
@@ -618,25 +627,16 @@ spec: {selector: app == 'a', ingress: [{action: Deny, protocol: UDP}]}
     #[test]
     fn the_model_kept_across_syncs_gives_what_a_fresh_build_gives() {
         let mut model = PolicyModel::new();
-        let bad_tier = r#"
----
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata: {name: missing.p}
-spec: {tier: missing, selector: all(), types: [Ingress]}
-"#;
         for (b_ip, more) in [
             ("10.0.0.2/32", FROM_B.to_owned()),
             ("10.0.0.3/32", FROM_B.to_owned()),
-            ("10.0.0.3/32", format!("{FROM_B}{bad_tier}")),
+            ("10.0.0.3/32", format!("{FROM_B}{BAD_TIER}")),
             ("10.0.0.3/32", String::new()),
             ("10.0.0.2/32", FROM_B.to_owned()),
         ] {
             let kept = model.compute(cluster(b_ip, &more), "n1");
             let fresh = compute(cluster(b_ip, &more), "n1");
-            assert_eq!(kept.program, fresh.program);
-            assert_eq!(kept.errors, fresh.errors);
-            assert_eq!(kept.owners, fresh.owners);
+            assert_same(&kept, &fresh);
         }
     }
 
@@ -691,9 +691,7 @@ spec: {node: n1, orchestrator: k8s, pod: c, endpoint: eth0, containerID: cid-c,
         for (changes, snapshot) in steps {
             let applied = model.apply(changes, "n1").unwrap();
             let fresh = compute(snapshot, "n1");
-            assert_eq!(applied.program, fresh.program);
-            assert_eq!(applied.errors, fresh.errors);
-            assert_eq!(applied.owners, fresh.owners);
+            assert_same(&applied, &fresh);
         }
     }
 

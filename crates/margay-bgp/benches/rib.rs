@@ -2,50 +2,17 @@
 //! UPDATEs of 800, then one flush selects best paths and builds the
 //! UPDATEs for two other peers (one iBGP, one eBGP).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use ipnet::Ipv4Net;
-use margay_bgp::codec::{AddressFamily, AsPath, Origin, PathAttributes, Update};
-use margay_bgp::fsm::Negotiated;
-use margay_bgp::rib::{PeerConfig, Rib, RibConfig};
+use margay_bgp::codec::{AsPath, Origin, PathAttributes, Update};
 
 const PREFIXES: u32 = 100_000;
-
-fn rib_with_peers() -> Rib {
-    let mut rib = Rib::new(RibConfig {
-        local_as: 64512,
-        router_id: Ipv4Addr::new(10, 0, 0, 1),
-        cluster_id: None,
-    });
-    for (i, asn) in [(2u8, 64513u32), (3, 64512), (4, 64514)] {
-        let address = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i));
-        rib.add_peer(PeerConfig {
-            address,
-            remote_as: asn,
-            rr_client: false,
-            next_hop_self: false,
-            local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            local_v6: None,
-        });
-        rib.peer_up(
-            address,
-            &Negotiated {
-                remote_as: asn,
-                remote_id: Ipv4Addr::new(10, 0, 0, i),
-                hold_time: 90,
-                keepalive_time: 30,
-                families: vec![AddressFamily::Ipv4Unicast],
-                four_octet_as: true,
-                route_refresh: true,
-                graceful_restart: None,
-            },
-        );
-    }
-    rib.flush();
-    rib
-}
 
 /// A realistic mix: 100 distinct paths, prefixes /24 from 10.0.0.0/8 up.
 fn updates() -> Vec<Update> {
@@ -73,7 +40,7 @@ fn full_table(c: &mut Criterion) {
     let input = updates();
     c.bench_function("rib_100k_prefixes_one_peer_to_two", |b| {
         b.iter_batched(
-            || (rib_with_peers(), input.clone()),
+            || (common::three_peer_rib(), input.clone()),
             |(mut rib, input)| {
                 for u in input {
                     rib.apply_update(from, u);

@@ -169,22 +169,7 @@ fn replay(text: &str) -> String {
 
 #[test]
 fn recorded_sequences() {
-    let dir = common::path("fsm");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 8, "{files:?}");
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        let actual = replay(&text);
-        if common::bless() {
-            std::fs::write(&f, actual).unwrap();
-        } else {
-            assert_eq!(actual, text, "{}", f.display());
-        }
-    }
+    common::check_recorded("fsm", 8, replay);
 }
 
 #[test]

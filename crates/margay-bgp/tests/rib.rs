@@ -300,61 +300,12 @@ fn replay(text: &str) -> String {
 
 #[test]
 fn recorded_sequences() {
-    let dir = common::path("rib");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 5, "{files:?}");
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        let actual = replay(&text);
-        if common::bless() {
-            std::fs::write(&f, actual).unwrap();
-        } else {
-            assert_eq!(actual, text, "{}", f.display());
-        }
-    }
-}
-
-fn setup_three_peers() -> Rib {
-    let mut rib = Rib::new(RibConfig {
-        local_as: 64512,
-        router_id: Ipv4Addr::new(10, 0, 0, 1),
-        cluster_id: None,
-    });
-    for (i, asn) in [(2u8, 64513u32), (3, 64512), (4, 64514)] {
-        let address = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i));
-        rib.add_peer(PeerConfig {
-            address,
-            remote_as: asn,
-            rr_client: false,
-            next_hop_self: false,
-            local_v4: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            local_v6: None,
-        });
-        rib.peer_up(
-            address,
-            &Negotiated {
-                remote_as: asn,
-                remote_id: Ipv4Addr::new(10, 0, 0, i),
-                hold_time: 90,
-                keepalive_time: 30,
-                families: vec![AddressFamily::Ipv4Unicast],
-                four_octet_as: true,
-                route_refresh: true,
-                graceful_restart: None,
-            },
-        );
-    }
-    rib.flush();
-    rib
+    common::check_recorded("rib", 5, replay);
 }
 
 #[test]
 fn identical_attributes_are_packed_into_few_updates() {
-    let mut rib = setup_three_peers();
+    let mut rib = common::three_peer_rib();
     let from = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
     let n = 10_000u32;
     let prefixes: Vec<Ipv4Net> = (0..n)
