@@ -14,7 +14,7 @@ use margay_api::{Dataplane, Kind, Resource};
 use margay_client::{decode_resource, Client};
 use margay_datastore::{Event, EventStream, Query, SharedDatastore};
 use margay_iptables::IptablesCommand;
-use margay_nft::{Applier, NftCommand};
+use margay_nft::{Applier, Nft};
 use margay_policy::program::Program;
 use margay_sys::netlink::RouteSocket;
 use serde_json::json;
@@ -379,12 +379,14 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
         .unwrap_or(config.route_refresh_interval());
     tracing::info!(node = %host.node, ip = %host.ip, uplink = %host.uplink, "agent started");
     let mut kernel = LinuxKernel::new()?;
-    let mut nft = Applier::new(NftCommand::default());
+    let node_nft = Nft::new();
+    tracing::info!(backend = node_nft.backend(), "nftables");
+    let mut nft = Applier::new(node_nft);
     // nftables: replaced with the first program, atomically (established connections and
     // everything else see either the tables of the last run or the new ones); iptables:
     // read back from the kernel and changed where they differ. The agent runs in its node's
     // network namespace, so both tools act on the node.
-    let mut dataplanes = PolicyDataplanes::new(NftCommand::default(), IptablesCommand::new());
+    let mut dataplanes = PolicyDataplanes::new(Nft::new(), IptablesCommand::new());
     let mut bgp = crate::bgp::Bgp::new(opts.bgp, health.clone(), metrics.clone());
     run_loop(
         &ds,
@@ -409,7 +411,7 @@ async fn run_loop(
     host: &Host,
     opts: &AgentOptions,
     kernel: &mut LinuxKernel,
-    nft: &mut Applier<NftCommand>,
+    nft: &mut Applier<Nft>,
     dataplanes: &mut Dataplanes,
     bgp: &mut crate::bgp::Bgp,
     health: &Arc<Health>,
@@ -616,7 +618,7 @@ async fn run_loop(
 }
 
 /// The agent's two policy dataplanes, run on the node.
-type Dataplanes = PolicyDataplanes<NftCommand, IptablesCommand>;
+type Dataplanes = PolicyDataplanes<Nft, IptablesCommand>;
 
 /// Applies this node's policy program, computed since `started`, to `dataplane` (removing
 /// the other's rules after a switch, and once after a start); an error about the model

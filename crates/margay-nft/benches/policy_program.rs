@@ -13,8 +13,9 @@
 //! and `Model::sync` of a whole snapshot holding the change, for an agent that lists
 //! everything on each change. The iptables dataplane's CPU side is timed beside it: the full
 //! rendering, and `render_update` + `changed_chains` for each change. As root, the kernel's
-//! side is timed too, in a throwaway network namespace: `nft -f` of the whole tables and of
-//! each change's update script. Datastore → kernel latency is measured with the agent.
+//! side is timed too, in a throwaway network namespace: the whole tables and each change's
+//! update script, through a new `nft -f` process and through a libnftables context kept open
+//! (the agent's way). Datastore → kernel latency is measured with the agent.
 //!
 //! `cargo bench -p margay-nft --bench policy_program`
 
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use margay_api::Resource;
 use margay_iptables::{changed_chains, render_update, Family};
 use margay_nft::policy::{render, same_rules, set_updates, update, AddressFamily};
-use margay_nft::{NftCommand, NftRunner};
+use margay_nft::{Nft, NftCommand, NftRunner};
 use margay_policy::program::{program, Program};
 use margay_policy::{Change, Cluster, Model, ResourceKey};
 use margay_testkit::scale::{endpoint_yaml, one, policy_yaml, resources, NODE};
@@ -120,7 +121,12 @@ const FAMILIES: [AddressFamily; 2] = [AddressFamily::Ipv4, AddressFamily::Ipv6];
 /// The incremental path for one scenario: apply, program, update scripts; then undone
 /// (not timed), so that every run starts from the same model. Then the iptables side, and
 /// the kernel's when there is one.
-fn incremental(model: &mut Model, before: &Program, scenario: &Scenario, kernel: Option<&Kernel>) {
+fn incremental(
+    model: &mut Model,
+    before: &Program,
+    scenario: &Scenario,
+    kernel: Option<&mut Kernel>,
+) {
     let (mut applied, mut programmed, mut scripted, mut total) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut after = before.clone();
@@ -165,45 +171,81 @@ fn incremental(model: &mut Model, before: &Program, scenario: &Scenario, kernel:
     report("  iptables: render_update + changed_chains, both", iptables);
 
     if let Some(kernel) = kernel {
-        let mut loaded = Vec::new();
-        for _ in 0..KERNEL_RUNS {
-            kernel.load(before);
-            let t0 = Instant::now();
-            kernel.run(&script);
-            loaded.push(t0.elapsed());
+        for backend in [Backend::Binary, Backend::Library] {
+            let mut loaded = Vec::new();
+            for _ in 0..KERNEL_RUNS {
+                kernel.load(Backend::Library, before);
+                let t0 = Instant::now();
+                kernel.run(backend, &script);
+                loaded.push(t0.elapsed());
+            }
+            report(
+                &format!("  kernel: the update, {}", backend.label()),
+                loaded,
+            );
         }
-        report("  kernel: nft -f of the update", loaded);
     }
 }
 
 const KERNEL_RUNS: usize = 10;
 
-/// A throwaway network namespace to time `nft -f` in (deleted on drop).
+/// The two ways Margay runs nft scripts, timed side by side.
+#[derive(Clone, Copy)]
+enum Backend {
+    /// A new `nft -f -` process per script.
+    Binary,
+    /// One libnftables context kept open, as the agent does.
+    Library,
+}
+
+/// A throwaway network namespace to time nft in (deleted on drop).
 struct Kernel {
-    ns: margay_testkit::netns::TestNs,
+    binary: Nft,
+    library: Nft,
+    /// Deleted on drop, after the runners (fields drop in order).
+    _ns: margay_testkit::netns::TestNs,
 }
 
 impl Kernel {
     /// `None` unless this process is root and has nft.
     fn new() -> Option<Kernel> {
         let nft = std::process::Command::new("nft").arg("--version").output();
-        (margay_sys::process::is_root() && nft.is_ok()).then(|| Kernel {
-            ns: margay_testkit::netns::TestNs::new("mgybench"),
+        if !(margay_sys::process::is_root() && nft.is_ok()) {
+            return None;
+        }
+        let ns = margay_testkit::netns::TestNs::new("mgybench");
+        let library = Nft::in_netns(ns.name());
+        assert_eq!(library.backend(), "libnftables", "libnftables loads");
+        Some(Kernel {
+            binary: Nft::Binary(NftCommand::in_netns(ns.name())),
+            library,
+            _ns: ns,
         })
     }
 
-    fn run(&self, script: &str) {
+    fn run(&mut self, backend: Backend, script: &str) {
+        let runner = match backend {
+            Backend::Binary => &mut self.binary,
+            Backend::Library => &mut self.library,
+        };
         if !script.is_empty() {
-            NftCommand::in_netns(self.ns.name())
-                .run(script)
-                .expect("nft accepts the script");
+            runner.run(script).expect("nft accepts the script");
         }
     }
 
     /// Both tables replaced by `program`'s.
-    fn load(&self, program: &Program) {
+    fn load(&mut self, backend: Backend, program: &Program) {
         let script: String = FAMILIES.iter().map(|&f| render(program, f)).collect();
-        self.run(&script);
+        self.run(backend, &script);
+    }
+}
+
+impl Backend {
+    fn label(self) -> &'static str {
+        match self {
+            Backend::Binary => "nft -f (a process)",
+            Backend::Library => "libnftables (kept open)",
+        }
     }
 }
 
@@ -268,16 +310,21 @@ fn main() {
     }
     report("full: iptables render, IPv4 and IPv6", iptables);
 
-    let kernel = Kernel::new();
-    match &kernel {
+    let mut kernel = Kernel::new();
+    match &mut kernel {
         Some(kernel) => {
-            let mut loads = Vec::new();
-            for _ in 0..KERNEL_RUNS {
-                let t0 = Instant::now();
-                kernel.load(&before);
-                loads.push(t0.elapsed());
+            for backend in [Backend::Binary, Backend::Library] {
+                let mut loads = Vec::new();
+                for _ in 0..KERNEL_RUNS {
+                    let t0 = Instant::now();
+                    kernel.load(backend, &before);
+                    loads.push(t0.elapsed());
+                }
+                report(
+                    &format!("kernel: both whole tables, {}", backend.label()),
+                    loads,
+                );
             }
-            report("kernel: nft -f of both whole tables", loads);
         }
         None => println!("kernel: skipped (needs root and nft)"),
     }
@@ -293,7 +340,7 @@ fn main() {
         before
     );
     for scenario in scenarios(&base) {
-        incremental(&mut model, &before, &scenario, kernel.as_ref());
+        incremental(&mut model, &before, &scenario, kernel.as_mut());
     }
 
     // An agent that lists every resource on each change: the snapshot, diffed.

@@ -9,8 +9,9 @@
 //! - [`policy`] renders a node's policy program (margay-policy's intermediate
 //!   representation) as `table ip margay-policy` / `table ip6 margay-policy`, and updates its
 //!   sets in place.
-//! - [`NftRunner`] is where scripts go; [`NftCommand`] runs the `nft` binary, optionally in a
-//!   named network namespace.
+//! - [`NftRunner`] is where scripts go; [`Nft`] keeps a libnftables context open for a
+//!   long-lived process (the agent), falling back to [`NftCommand`], which runs the `nft`
+//!   binary; both optionally in a named network namespace.
 //!
 //! Margay only ever replaces or deletes its own tables, so other users of nftables
 //! (kube-proxy, firewalld, Docker) are never disturbed.
@@ -23,7 +24,7 @@ mod runner;
 use std::io;
 
 pub use node::{remove_all, render, ruleset as node_ruleset, Applier, NodeRules, TABLE};
-pub use runner::{NftCommand, NftRunner};
+pub use runner::{Nft, NftCommand, NftRunner};
 
 /// Running nft failed. `Display` is one line naming the command, then the cause, e.g.
 /// `nft -f -: /dev/stdin:5:3-40: Error: Could not process rule: No such file or directory |

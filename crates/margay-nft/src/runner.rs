@@ -1,6 +1,9 @@
-//! Running nft: the [`NftRunner`] seam, and [`NftCommand`], which runs the `nft` binary.
+//! Running nft: the [`NftRunner`] seam; [`Nft`], which keeps a libnftables context open and
+//! falls back to the binary; and [`NftCommand`], which runs the `nft` binary.
 
 use margay_sys::command::{self, CommandError};
+use margay_sys::netns::{NetNs, NETNS_RUN_DIR};
+use margay_sys::nftables::{Nftables, NftablesError};
 
 use crate::Error;
 
@@ -10,6 +13,85 @@ pub trait NftRunner {
     fn run(&mut self, script: &str) -> Result<(), Error>;
     /// `nft list table FAMILY TABLE`, or `None` when that table does not exist.
     fn list_table(&mut self, family: &str, table: &str) -> Result<Option<String>, Error>;
+}
+
+/// nft for a long-lived process: scripts go through one libnftables context, kept open (see
+/// `margay_sys::nftables` for what that saves), or through the `nft` binary where the library
+/// cannot be loaded. Same scripts, same transactions, same error messages.
+#[derive(Debug)]
+pub enum Nft {
+    Library(Nftables),
+    Binary(NftCommand),
+}
+
+impl Nft {
+    /// nft in this thread's network namespace.
+    pub fn new() -> Nft {
+        Nftables::open().map_or_else(|_| Nft::Binary(NftCommand::new()), Nft::Library)
+    }
+
+    /// nft in the network namespace `name` from `ip netns add`.
+    pub fn in_netns(name: &str) -> Nft {
+        NetNs::open(&std::path::Path::new(NETNS_RUN_DIR).join(name))
+            .ok()
+            .and_then(|netns| Nftables::open_in(&netns).ok())
+            .map_or_else(|| Nft::Binary(NftCommand::in_netns(name)), Nft::Library)
+    }
+
+    /// The binary, whether or not the library loads (to compare the two).
+    pub fn binary() -> Nft {
+        Nft::Binary(NftCommand::new())
+    }
+
+    /// `libnftables` or `nft`, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Nft::Library(_) => "libnftables",
+            Nft::Binary(_) => "nft",
+        }
+    }
+}
+
+impl Default for Nft {
+    fn default() -> Nft {
+        Nft::new()
+    }
+}
+
+/// How the library's errors read in [`Error`]: as the binary's, on one line.
+const LIBRARY_COMMAND: &str = "nft (libnftables)";
+
+fn from_library(e: NftablesError) -> Error {
+    Error::Failed {
+        command: LIBRARY_COMMAND.to_string(),
+        stderr: command::one_line(&e.to_string(), is_marker),
+    }
+}
+
+/// nft's strerror() message for a table that is not there, in English whatever the locale
+/// (`command::run` runs the binary with LC_ALL=C; the library never translates).
+fn is_missing(stderr: &str) -> bool {
+    stderr.starts_with("Error: No such file or directory")
+}
+
+impl NftRunner for Nft {
+    fn run(&mut self, script: &str) -> Result<(), Error> {
+        match self {
+            Nft::Library(nft) => nft.run(script).map(drop).map_err(from_library),
+            Nft::Binary(nft) => nft.run(script),
+        }
+    }
+
+    fn list_table(&mut self, family: &str, table: &str) -> Result<Option<String>, Error> {
+        match self {
+            Nft::Library(nft) => match nft.run(&format!("list table {family} {table}")) {
+                Ok(listing) => Ok(Some(listing)),
+                Err(NftablesError::Refused(stderr)) if is_missing(&stderr) => Ok(None),
+                Err(e) => Err(from_library(e)),
+            },
+            Nft::Binary(nft) => nft.list_table(family, table),
+        }
+    }
 }
 
 /// Runs the `nft` binary in this network namespace, or in a named one
@@ -47,13 +129,7 @@ impl NftRunner for NftCommand {
     fn list_table(&mut self, family: &str, table: &str) -> Result<Option<String>, Error> {
         match self.nft(&["list", "table", family, table], None) {
             Ok(listing) => Ok(Some(listing)),
-            // nft's strerror() message, in English whatever the host's locale: `command::run`
-            // runs it with LC_ALL=C.
-            Err(Error::Failed { stderr, .. })
-                if stderr.starts_with("Error: No such file or directory") =>
-            {
-                Ok(None)
-            }
+            Err(Error::Failed { stderr, .. }) if is_missing(&stderr) => Ok(None),
             Err(e) => Err(e),
         }
     }
