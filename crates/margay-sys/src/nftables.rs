@@ -14,10 +14,13 @@
 //! of the calling thread, and stays there: [`Nftables::open_in`] makes one for another
 //! namespace.
 
+use std::collections::BTreeSet;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::{Mutex, OnceLock};
+
+use nix::libc;
 
 use crate::netns::NetNs;
 
@@ -138,10 +141,16 @@ impl Nftables {
     pub fn open() -> Result<Nftables, NftablesError> {
         let api = Api::get()?;
         let _calls = lock();
+        let fds_before = open_fds();
         // SAFETY: `nft_ctx_new` takes flags by value and returns an owned context or NULL.
         let ctx = NonNull::new(unsafe { (api.ctx_new)(NFT_CTX_DEFAULT) }).ok_or_else(|| {
             NftablesError::Unavailable("nft_ctx_new returned no context".to_string())
         })?;
+        // libnftables opens its netlink socket without SOCK_CLOEXEC: without this, every
+        // tool the agent runs (iptables-restore, ipset, …) would inherit it.
+        for fd in open_fds().difference(&fds_before) {
+            close_on_exec(*fd);
+        }
         // Wrapped at once, so that it is freed on the error path below too.
         let nftables = Nftables { ctx, api };
         // SAFETY: `ctx` is a live context owned by `nftables`. Buffering makes the library
@@ -227,6 +236,30 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The descriptors open in this process.
+fn open_fds() -> BTreeSet<c_int> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sets FD_CLOEXEC on `fd`. Another thread's descriptor opened meanwhile may be marked
+/// too, which changes nothing: Rust opens every descriptor close-on-exec already.
+#[allow(unsafe_code)]
+fn close_on_exec(fd: c_int) {
+    // SAFETY: F_GETFD/F_SETFD read and write only the descriptor's flags, and take no
+    // pointer; on a descriptor closed since it was listed they fail with EBADF, ignored.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+}
+
 /// A copy of a C string the library owns; NULL is empty.
 ///
 /// # Safety
@@ -305,6 +338,27 @@ mod tests {
             here.is_err(),
             "the table was made in the calling thread's namespace"
         );
+    }
+
+    #[test]
+    fn the_context_socket_is_not_inherited_by_children() {
+        let before = open_fds();
+        let Some(_nft) = context() else { return };
+        let opened: Vec<c_int> = open_fds().difference(&before).copied().collect();
+        assert!(!opened.is_empty(), "the context holds a socket");
+        for fd in opened {
+            let flags =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            // `flags:` is octal; O_CLOEXEC is 02000000.
+            let Some(flags) = flags
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            else {
+                continue; // closed meanwhile by another test's thread
+            };
+            assert_ne!(flags & 0o2000000, 0, "fd {fd} is close-on-exec");
+        }
     }
 
     #[test]
