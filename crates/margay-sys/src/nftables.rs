@@ -68,36 +68,35 @@ impl Api {
         // pointers copied out below stay valid for the life of the process.
         let library = unsafe { libloading::Library::new(LIBRARY) }
             .map_err(|e| format!("loading {LIBRARY}: {e}"))?;
-        // SAFETY: each symbol is declared with the C signature of `nftables/libnftables.h`
+        // SAFETY: each type is the C signature of its symbol in `nftables/libnftables.h`
         // (stable since libnftables 1.0 of nftables 0.9.3).
         unsafe {
-            let symbol = |name: &str| format!("{LIBRARY}: symbol {name}");
             Ok(Api {
-                ctx_new: *library
-                    .get::<CtxNew>(b"nft_ctx_new\0")
-                    .map_err(|e| format!("{}: {e}", symbol("nft_ctx_new")))?,
-                ctx_free: *library
-                    .get::<CtxFree>(b"nft_ctx_free\0")
-                    .map_err(|e| format!("{}: {e}", symbol("nft_ctx_free")))?,
-                buffer_output: *library
-                    .get::<CtxBuffer>(b"nft_ctx_buffer_output\0")
-                    .map_err(|e| format!("{}: {e}", symbol("nft_ctx_buffer_output")))?,
-                buffer_error: *library
-                    .get::<CtxBuffer>(b"nft_ctx_buffer_error\0")
-                    .map_err(|e| format!("{}: {e}", symbol("nft_ctx_buffer_error")))?,
-                get_output_buffer: *library
-                    .get::<CtxGetBuffer>(b"nft_ctx_get_output_buffer\0")
-                    .map_err(|e| format!("{}: {e}", symbol("nft_ctx_get_output_buffer")))?,
-                get_error_buffer: *library
-                    .get::<CtxGetBuffer>(b"nft_ctx_get_error_buffer\0")
-                    .map_err(|e| format!("{}: {e}", symbol("nft_ctx_get_error_buffer")))?,
-                run_cmd_from_buffer: *library
-                    .get::<RunCmdFromBuffer>(b"nft_run_cmd_from_buffer\0")
-                    .map_err(|e| format!("{}: {e}", symbol("nft_run_cmd_from_buffer")))?,
+                ctx_new: symbol(&library, "nft_ctx_new")?,
+                ctx_free: symbol(&library, "nft_ctx_free")?,
+                buffer_output: symbol(&library, "nft_ctx_buffer_output")?,
+                buffer_error: symbol(&library, "nft_ctx_buffer_error")?,
+                get_output_buffer: symbol(&library, "nft_ctx_get_output_buffer")?,
+                get_error_buffer: symbol(&library, "nft_ctx_get_error_buffer")?,
+                run_cmd_from_buffer: symbol(&library, "nft_run_cmd_from_buffer")?,
                 _library: library,
             })
         }
     }
+}
+
+/// The function `name` of `library`, as a `T`.
+///
+/// # Safety
+///
+/// `T` is the function's C signature.
+#[allow(unsafe_code)]
+unsafe fn symbol<T: Copy>(library: &libloading::Library, name: &str) -> Result<T, String> {
+    let nul_terminated = format!("{name}\0");
+    // SAFETY: the caller vouches for `T`.
+    unsafe { library.get::<T>(nul_terminated.as_bytes()) }
+        .map(|function| *function)
+        .map_err(|e| format!("{LIBRARY}: symbol {name}: {e}"))
 }
 
 /// What went wrong talking to nftables through the library.
