@@ -30,18 +30,22 @@ use crate::policy::{self, Change, Counts, PROGRAMMED_DIR};
 use crate::reconcile::{self, Grace};
 use crate::{autodetect, register, Error};
 
+/// The kinds whose changes can change the plan (routes) but not the policy program.
+const PLAN_ONLY_KINDS: [Kind; 4] = [
+    Kind::IPPool,
+    Kind::IPAMBlock,
+    Kind::BGPConfiguration,
+    Kind::BGPPeer,
+];
+
+/// The kinds the policy engine reads that the plan reads too (their changes need both).
+const SHARED_KINDS: [Kind; 3] = [Kind::WorkloadEndpoint, Kind::Node, Kind::AgentConfiguration];
+
 /// The kinds whose changes can change the plan (routes) or the policy program.
 fn watched() -> impl Iterator<Item = Kind> {
-    [
-        Kind::IPPool,
-        Kind::Node,
-        Kind::IPAMBlock,
-        Kind::AgentConfiguration,
-        Kind::BGPConfiguration,
-        Kind::BGPPeer,
-    ]
-    .into_iter()
-    .chain(margay_policy::INPUT_KINDS)
+    PLAN_ONLY_KINDS
+        .into_iter()
+        .chain(margay_policy::INPUT_KINDS)
 }
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A datastore that does not answer within this is treated as down (a hung connection
@@ -184,6 +188,7 @@ fn policy_json(
         "policies": counts.policies,
         "profiles": counts.profiles,
         "endpoints": counts.endpoints,
+        "hostEndpoints": counts.host_endpoints,
         "sets": counts.sets,
         "rules": counts.rules,
         "skippedEndpoints": applied.map(|p| &p.skipped),
@@ -320,11 +325,12 @@ fn policy_changes(events: &[Event]) -> Option<Vec<margay_policy::Change>> {
 }
 
 /// Whether the plan (routes, tunnels, NAT, configuration) may depend on what changed: all
-/// but the policy engine's own kinds. WorkloadEndpoints are both (their routes).
-/// Only changes after `synced` (the revision the last sync's snapshot includes) count.
+/// but the policy engine's own kinds. WorkloadEndpoints (their routes), Nodes and
+/// AgentConfiguration are both. Only changes after `synced` (the revision the last sync's
+/// snapshot includes) count.
 fn needs_sync(events: &[Event], synced: i64) -> bool {
     events.iter().filter(|e| e.revision() > synced).any(|e| {
-        e.key().kind == Kind::WorkloadEndpoint.name()
+        SHARED_KINDS.iter().any(|k| k.name() == e.key().kind)
             || !margay_policy::INPUT_KINDS
                 .iter()
                 .any(|k| k.name() == e.key().kind)
@@ -735,4 +741,50 @@ async fn outage(
     health.set_ready(false, reason);
     tokio::time::sleep(*backoff).await;
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
+#[cfg(test)]
+mod tests {
+    use margay_datastore::Key;
+
+    use super::*;
+
+    fn deleted(kind: Kind, revision: i64) -> Event {
+        Event::Delete {
+            key: Key::new(kind.name(), None, "x"),
+            revision,
+        }
+    }
+
+    #[test]
+    fn kinds_both_read_change_the_policy_model_and_the_plan() {
+        // The policy engine's own kinds need no sync of the plan; the shared ones do, and so
+        // does everything only the plan reads.
+        for (kind, plan) in [
+            (Kind::NetworkPolicy, false),
+            (Kind::Profile, false),
+            (Kind::WorkloadEndpoint, true),
+            (Kind::Node, true),
+            (Kind::AgentConfiguration, true),
+            (Kind::IPPool, true),
+            (Kind::BGPPeer, true),
+        ] {
+            assert_eq!(needs_sync(&[deleted(kind, 8)], 7), plan, "{kind:?}");
+            // Changes the last sync's snapshot already holds count for nothing.
+            assert!(!needs_sync(&[deleted(kind, 7)], 7), "{kind:?}");
+            let policy = policy_changes(&[deleted(kind, 8)]).unwrap();
+            assert_eq!(
+                policy.len(),
+                usize::from(margay_policy::INPUT_KINDS.contains(&kind)),
+                "{kind:?}"
+            );
+        }
+        // Every kind either reads is watched, once.
+        let watched: Vec<Kind> = watched().collect();
+        let distinct: std::collections::HashSet<&Kind> = watched.iter().collect();
+        assert_eq!(distinct.len(), watched.len());
+        for kind in SHARED_KINDS.iter().chain(&PLAN_ONLY_KINDS) {
+            assert!(watched.contains(kind), "{kind:?}");
+        }
+    }
 }

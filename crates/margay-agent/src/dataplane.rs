@@ -112,8 +112,8 @@ impl<I: Iptables> IptablesPolicy<I> {
         Ok(change)
     }
 
-    /// Removes every `mgy-` chain, Margay's `FORWARD` rules and every `mgy4…`/`mgy6…` set,
-    /// as the kernel holds them. Returns whether there was any.
+    /// Removes every `mgy-` chain, Margay's rules in `INPUT`, `FORWARD` and `OUTPUT` and
+    /// every `mgy4…`/`mgy6…` set, as the kernel holds them. Returns whether there was any.
     pub fn remove(&mut self) -> Result<bool, margay_iptables::Error> {
         self.applied = None;
         let v4 = self.v4.remove_all()?;
@@ -132,6 +132,9 @@ impl<I: Iptables> IptablesPolicy<I> {
 /// Whether `old` and `new` have the same chains and differ only in set members.
 fn only_members_differ(old: &Program, new: &Program) -> bool {
     old.endpoints == new.endpoints
+        && old.host_endpoints == new.host_endpoints
+        && old.endpoint_to_host == new.endpoint_to_host
+        && old.exemptions == new.exemptions
         && old.policies == new.policies
         && old.profiles == new.profiles
         && old.ip_sets.keys().eq(new.ip_sets.keys())

@@ -98,13 +98,17 @@ impl Model {
         let mut policy_inputs = None;
         if with_policy {
             let mut inputs = Vec::new();
-            // WorkloadEndpoints are listed once above, for the plan and the engine both.
+            // WorkloadEndpoints, Nodes and AgentConfigurations are listed once above, for
+            // the plan and the engine both.
+            let listed = [Kind::WorkloadEndpoint, Kind::Node, Kind::AgentConfiguration];
             for kind in margay_policy::INPUT_KINDS {
-                if kind != Kind::WorkloadEndpoint {
+                if !listed.contains(&kind) {
                     inputs.extend(client.list_resources(kind, None).await?);
                 }
             }
             inputs.extend(endpoints.iter().cloned().map(Resource::from));
+            inputs.extend(nodes.iter().cloned().map(Resource::from));
+            inputs.extend(configs.iter().cloned().map(Resource::from));
             policy_inputs = Some(inputs);
         }
         let global = configs.iter().find(|c| c.metadata.name == "default");

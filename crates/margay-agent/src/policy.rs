@@ -347,6 +347,8 @@ pub struct Counts {
     pub policies: usize,
     pub profiles: usize,
     pub endpoints: usize,
+    /// This node's host endpoints with chains.
+    pub host_endpoints: usize,
     /// Address sets and named-port sets.
     pub sets: usize,
     /// Rules of the policy and profile chains.
@@ -371,6 +373,7 @@ impl Counts {
             policies: policies.len(),
             profiles: profiles.len(),
             endpoints: program.endpoints.len(),
+            host_endpoints: program.host_endpoints.len(),
             sets: program.ip_sets.len() + program.port_sets.len(),
             rules,
         }
@@ -541,6 +544,7 @@ spec: {tier: missing, selector: all(), types: [Ingress]}
                 policies: 1,
                 profiles: 1,
                 endpoints: 1,
+                host_endpoints: 0,
                 sets: 1,
                 rules: 3,
             }

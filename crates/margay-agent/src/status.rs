@@ -94,8 +94,12 @@ pub fn render(status: &Value) -> String {
     line(
         "Policy",
         if policy["programmed"] == true {
+            let hosts = match policy["hostEndpoints"].as_u64() {
+                Some(n) if n > 0 => format!(", {n} host endpoints"),
+                _ => String::new(),
+            };
             format!(
-                "{} policies, {} profiles, {} endpoints, {} sets, {} rules",
+                "{} policies, {} profiles, {} endpoints{hosts}, {} sets, {} rules",
                 text(&policy["policies"]),
                 text(&policy["profiles"]),
                 text(&policy["endpoints"]),
@@ -311,7 +315,8 @@ mod tests {
         let status = json!({
             "node": "n1", "ready": true,
             "policy": {"programmed": true, "policies": 3, "profiles": 2, "endpoints": 4,
-                       "sets": 5, "rules": 21, "skippedEndpoints": {"x/c": "no interface"},
+                       "sets": 5, "rules": 21, "skippedEndpoints": {"x/c": "no interface",
+                       "HostEndpoint eth1-b": "interface eth1 already belongs to HostEndpoint eth1-a"},
                        "dataplane": "iptables", "configuredDataplane": "iptables"},
             "policyErrors": ["GlobalNetworkPolicy missing.p: tier \"missing\" does not exist"],
         });
@@ -319,11 +324,17 @@ mod tests {
         for line in [
             "Dataplane         iptables\n",
             "Policy            3 policies, 2 profiles, 4 endpoints, 5 sets, 21 rules\n",
+            "Not programmed    HostEndpoint eth1-b: interface eth1 already belongs to HostEndpoint eth1-a\n",
             "Not programmed    x/c: no interface\n",
             "Policy error      GlobalNetworkPolicy missing.p: tier \"missing\" does not exist\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
+        let hosts = json!({"policy": {"programmed": true, "policies": 1, "profiles": 0,
+            "endpoints": 0, "hostEndpoints": 2, "sets": 1, "rules": 3}});
+        assert!(render(&hosts).contains(
+            "Policy            1 policies, 0 profiles, 0 endpoints, 2 host endpoints, 1 sets, 3 rules\n"
+        ));
         let text = render(&json!({"node": "n1", "policy": {"programmed": false}}));
         assert!(
             text.contains("Policy            not programmed\n"),

@@ -19,18 +19,19 @@
 //! enters the cluster.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
 
 use ipnet::{IpNet, Ipv4Net};
 use margay_agent::model::Model;
 use margay_agent::plan::{self, Host, Plan, RouteSpec, RouteTarget, IPIP_DEVICE, VXLAN_DEVICE};
-use margay_api::{AgentConfiguration, Node, PolicyType};
+use margay_api::{AgentConfiguration, EndpointToHostAction, Node, PolicyType, ProtoPort};
 use margay_client::Client;
 use margay_policy::program::{self, Pipeline, Program};
 use margay_policy::{
-    Cluster, Decision, DirectionVerdict, Endpoint, Packet, Peer, PolicyKind, PolicyRef, Protocol,
-    RuleRef, Step,
+    Cluster, Decision, DirectionVerdict, Endpoint, Icmp, IcmpVersion, Packet, Peer, PolicyKind,
+    PolicyRef, Protocol, RuleRef, Step, Transport,
 };
 use serde::Serialize;
 
@@ -44,23 +45,124 @@ pub const UPLINK: &str = "<uplink>";
 /// shows no MTU.
 const UPLINK_MTU: u32 = 1500;
 
-/// What `margay trace` is asked.
+/// What `margay trace` is asked. The flags are checked together by [`trace`], which
+/// refuses combinations that make no packet (a port with ICMP, an ICMP type with TCP).
 #[derive(Debug, Clone)]
 pub struct TraceRequest {
     /// `NS/POD` or an IP address.
     pub from: String,
     /// `NS/POD` or an IP address.
     pub to: String,
-    pub port: u16,
-    pub protocol: Protocol,
+    pub protocol: TraceProtocol,
+    /// The destination port: required with TCP, UDP and SCTP.
+    pub port: Option<u16>,
+    /// `None`: an ephemeral port, which no `source.ports` rule matches.
+    pub source_port: Option<u16>,
+    /// Required with ICMP and ICMPv6.
+    pub icmp_type: Option<u8>,
+    /// `None`: a code no rule names.
+    pub icmp_code: Option<u8>,
+}
+
+/// `--protocol`: a protocol with ports, or ICMP / ICMPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceProtocol {
+    Ports(Protocol),
+    Icmp(IcmpVersion),
+}
+
+/// A `--protocol` that is none of those `margay trace` can follow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?}: expected TCP, UDP, SCTP, ICMP or ICMPv6")]
+pub struct UnknownTraceProtocol(pub String);
+
+impl FromStr for TraceProtocol {
+    type Err = UnknownTraceProtocol;
+
+    /// Any case, as Calico's names: `icmpv6` means ICMPv6.
+    fn from_str(s: &str) -> Result<TraceProtocol, UnknownTraceProtocol> {
+        if let Ok(p) = s.parse::<Protocol>() {
+            return Ok(TraceProtocol::Ports(p));
+        }
+        [IcmpVersion::V4, IcmpVersion::V6]
+            .into_iter()
+            .find(|v| s.eq_ignore_ascii_case(&v.to_string()))
+            .map(TraceProtocol::Icmp)
+            .ok_or_else(|| UnknownTraceProtocol(s.to_owned()))
+    }
+}
+
+impl fmt::Display for TraceProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TraceProtocol::Ports(p) => p.fmt(f),
+            TraceProtocol::Icmp(v) => v.fmt(f),
+        }
+    }
+}
+
+impl TraceRequest {
+    /// The packet's protocol part, or the one-line error naming the flag that does not fit.
+    fn transport(&self) -> Result<Transport> {
+        let error = |flag: &str, message: String| CtlError::Input {
+            origin: flag.to_owned(),
+            message,
+        };
+        // The first of `flags` that is given, refused with `message`.
+        let refuse = |flags: [(&str, bool); 2], message: String| match flags
+            .into_iter()
+            .find(|(_, given)| *given)
+        {
+            Some((flag, _)) => Err(error(flag, message)),
+            None => Ok(()),
+        };
+        match self.protocol {
+            TraceProtocol::Ports(protocol) => {
+                refuse(
+                    [
+                        ("--icmp-type", self.icmp_type.is_some()),
+                        ("--icmp-code", self.icmp_code.is_some()),
+                    ],
+                    format!("needs --protocol ICMP or ICMPv6, not {protocol}"),
+                )?;
+                let port = self.port.ok_or_else(|| {
+                    error("--port", format!("required with --protocol {protocol}"))
+                })?;
+                Ok(Transport::Ports {
+                    protocol,
+                    port,
+                    source_port: self.source_port,
+                })
+            }
+            TraceProtocol::Icmp(version) => {
+                refuse(
+                    [
+                        ("--port", self.port.is_some()),
+                        ("--source-port", self.source_port.is_some()),
+                    ],
+                    format!("{version} has no ports: give --icmp-type (and --icmp-code) instead"),
+                )?;
+                let icmp_type = self.icmp_type.ok_or_else(|| {
+                    error("--icmp-type", format!("required with --protocol {version}"))
+                })?;
+                Ok(Transport::Icmp(Icmp {
+                    version,
+                    icmp_type,
+                    code: self.icmp_code,
+                }))
+            }
+        }
+    }
 }
 
 /// The whole trace, in the order a packet meets each stage.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Trace {
-    pub protocol: Protocol,
-    pub port: u16,
+    /// `protocol` and `port` (and `sourcePort` when given), or `protocol`, `icmpType` (and
+    /// `icmpCode` when given).
+    #[serde(flatten)]
+    pub packet: Transport,
     /// 4 or 6; `None` when neither end has an address of a family the other has.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub family: Option<u8>,
@@ -174,6 +276,9 @@ pub struct PolicyStage {
     /// The endpoint evaluated; `None` when that end is no endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The host endpoint evaluated, when that end is one of its `expectedIPs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_endpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     pub allowed: bool,
@@ -395,8 +500,10 @@ pub struct FinalVerdict {
 /// # Errors
 ///
 /// An end that is neither `NS/POD` nor an address, or names no endpoint (the message lists
-/// close matches, or how to list the endpoints); a datastore that cannot be read; resources
-/// the engine cannot use at all (a duplicate, a Profile that does not compile).
+/// close matches, or how to list the endpoints); flags that make no packet (a port with
+/// ICMP, an ICMP type with TCP, no port with TCP, an address of the other family than ICMP's
+/// or ICMPv6's); a datastore that cannot be read; resources the engine cannot use at all (a
+/// duplicate, a Profile that does not compile).
 pub async fn trace(client: &Client, request: &TraceRequest) -> Result<Trace> {
     let model = Model::load(client, "", true).await?;
     let (configs, _) = client.list::<AgentConfiguration>(None).await?;
@@ -430,11 +537,15 @@ pub fn trace_model(
     configs: &[AgentConfiguration],
     request: &TraceRequest,
 ) -> Result<Trace, TraceError> {
+    let transport = request.transport().map_err(TraceError::Input)?;
     let inputs = model.policy_inputs.take().unwrap_or_default();
     let (cluster, skipped) = Cluster::from_resources_skipping_bad_policies(inputs)
         .map_err(|e| TraceError::Model(e.to_string()))?;
     let from = parse_end(&cluster, "--from", &request.from).map_err(TraceError::Input)?;
     let to = parse_end(&cluster, "--to", &request.to).map_err(TraceError::Input)?;
+    for (flag, end) in [("--from", &from), ("--to", &to)] {
+        check_family(flag, end, transport).map_err(TraceError::Input)?;
+    }
     let mut warnings: Vec<String> = skipped
         .iter()
         .map(|e| format!("left out, as the agent leaves it out: {e}"))
@@ -450,26 +561,15 @@ pub fn trace_model(
     let packet = Packet {
         from: from.clone(),
         to: to.clone(),
-        protocol: request.protocol,
-        port: request.port,
+        transport,
     };
     let verdict = margay_policy::evaluate(&cluster, &packet);
-    let family = packet_family(&cluster, &from, &to);
+    let family = packet_family(&cluster, &from, &to, transport);
     let source = cx.place(&from, &verdict.egress, family);
     let destination = cx.place(&to, &verdict.ingress, family);
     let loopback = matches!(verdict.egress.decision, Decision::Loopback);
-    let egress = cx.policy_stage(
-        &verdict.egress,
-        PolicyType::Egress,
-        family,
-        request.protocol,
-    );
-    let ingress = cx.policy_stage(
-        &verdict.ingress,
-        PolicyType::Ingress,
-        family,
-        request.protocol,
-    );
+    let egress = cx.policy_stage(&verdict.egress, PolicyType::Egress, family, transport);
+    let ingress = cx.policy_stage(&verdict.ingress, PolicyType::Ingress, family, transport);
     let route = cx.route_stage(&source, &destination, loopback);
     let arrival = cx.arrival_stage(&source, &destination, &route);
     let final_verdict = final_verdict(
@@ -483,8 +583,7 @@ pub fn trace_model(
     );
     warnings.append(&mut cx.warnings);
     Ok(Trace {
-        protocol: request.protocol,
-        port: request.port,
+        packet: transport,
         family,
         source,
         destination,
@@ -589,9 +688,32 @@ fn endpoint_address(ep: &Endpoint, wanted: u8) -> Option<IpAddr> {
     ep.ips.iter().copied().find(|ip| family(*ip) == wanted)
 }
 
-/// The packet's address family, as the engine picks it: that of a given address, else IPv4
-/// when both endpoints have one, else IPv6 when both have one.
-fn packet_family(cluster: &Cluster, from: &Peer, to: &Peer) -> Option<u8> {
+/// An address of the family ICMP (IPv4) or ICMPv6 (IPv6) is not carried in makes no packet.
+fn check_family(flag: &str, end: &Peer, transport: Transport) -> Result<()> {
+    match (end, transport) {
+        (Peer::Ip(ip), Transport::Icmp(icmp)) if family(*ip) != icmp.version.family() => {
+            let other = match icmp.version {
+                IcmpVersion::V4 => IcmpVersion::V6,
+                IcmpVersion::V6 => IcmpVersion::V4,
+            };
+            Err(CtlError::Input {
+                origin: flag.to_owned(),
+                message: format!(
+                    "{ip} is an IPv{} address and {} is IPv{}'s: use --protocol {other}",
+                    family(*ip),
+                    icmp.version,
+                    icmp.version.family()
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The packet's address family, as the engine picks it: that of a given address, else the
+/// protocol's (ICMP is IPv4, ICMPv6 IPv6), else IPv4 when both endpoints have one, else IPv6
+/// when both have one.
+fn packet_family(cluster: &Cluster, from: &Peer, to: &Peer, transport: Transport) -> Option<u8> {
     let given = |p: &Peer| match p {
         Peer::Ip(ip) => Some(family(*ip)),
         Peer::Endpoint(_) => None,
@@ -600,12 +722,15 @@ fn packet_family(cluster: &Cluster, from: &Peer, to: &Peer) -> Option<u8> {
         Peer::Endpoint(id) => cluster.endpoint(id),
         Peer::Ip(_) => None,
     };
-    given(from).or_else(|| given(to)).or_else(|| {
-        let (a, b) = (endpoint(from)?, endpoint(to)?);
-        [4, 6]
-            .into_iter()
-            .find(|f| endpoint_address(a, *f).is_some() && endpoint_address(b, *f).is_some())
-    })
+    given(from)
+        .or_else(|| given(to))
+        .or(transport.family())
+        .or_else(|| {
+            let (a, b) = (endpoint(from)?, endpoint(to)?);
+            [4, 6]
+                .into_iter()
+                .find(|f| endpoint_address(a, *f).is_some() && endpoint_address(b, *f).is_some())
+        })
 }
 
 /// Computes and caches what the trace needs per node.
@@ -746,7 +871,7 @@ impl Tracer<'_> {
         side: &DirectionVerdict,
         direction: PolicyType,
         family: Option<u8>,
-        protocol: Protocol,
+        transport: Transport,
     ) -> PolicyStage {
         let endpoint = side
             .endpoint
@@ -756,6 +881,7 @@ impl Tracer<'_> {
         let mut stage = PolicyStage {
             direction,
             endpoint: side.endpoint.clone(),
+            host_endpoint: side.host_endpoint.clone(),
             node: node.clone(),
             allowed: side.allowed,
             steps: side.steps.clone(),
@@ -764,6 +890,41 @@ impl Tracer<'_> {
             dataplane: None,
             not_programmed: None,
         };
+        let fixed = match &side.decision {
+            Decision::EndpointToHost { node, .. } => Some((node, HostRule::ToHost)),
+            Decision::FromHost { node } => Some((node, HostRule::FromHost)),
+            Decision::Failsafe { node, port } => {
+                let iface = side
+                    .host_endpoint
+                    .as_deref()
+                    .and_then(|name| {
+                        self.cluster
+                            .host_endpoints()
+                            .iter()
+                            .find(|h| h.name == name)
+                    })
+                    .map(|h| h.interface.clone())
+                    .unwrap_or_default();
+                Some((node, HostRule::Failsafe(direction, port.clone(), iface)))
+            }
+            Decision::Overlay { node } => Some((node, HostRule::Overlay(direction))),
+            _ => None,
+        };
+        if let Some((node, rule)) = fixed {
+            stage.node = Some(node.clone());
+            let program = self.program(node);
+            stage.dataplane = Some(host_rule_dataplane(
+                program,
+                node,
+                family.unwrap_or(4),
+                &rule,
+            ));
+            return stage;
+        }
+        if let Some(name) = &side.host_endpoint {
+            self.host_endpoint_stage(&mut stage, name, family, transport);
+            return stage;
+        }
         let Some(ep) = endpoint else {
             return stage;
         };
@@ -789,10 +950,13 @@ impl Tracer<'_> {
                     program,
                     node: &node,
                     iface: &iface,
+                    endpoint_chain: match direction {
+                        PolicyType::Egress => format!("fw-{iface}"),
+                        PolicyType::Ingress => format!("tw-{iface}"),
+                    },
                     pipeline,
-                    direction,
                 };
-                stage.dataplane = Some(locate(&at, &side.decision, family.unwrap_or(4), protocol));
+                stage.dataplane = Some(locate(&at, &side.decision, family.unwrap_or(4), transport));
             }
             _ => {
                 stage.not_programmed = Some(
@@ -805,6 +969,55 @@ impl Tracer<'_> {
             }
         }
         stage
+    }
+
+    /// The place in its node's renderings of a host endpoint's decision (`fh-<iface>`,
+    /// `th-<iface>`), or why the endpoint is not programmed.
+    fn host_endpoint_stage(
+        &mut self,
+        stage: &mut PolicyStage,
+        name: &str,
+        family: Option<u8>,
+        transport: Transport,
+    ) {
+        let Some(hep) = self
+            .cluster
+            .host_endpoints()
+            .iter()
+            .find(|h| h.name == name)
+        else {
+            return;
+        };
+        let (node, iface) = (hep.node.clone(), hep.interface.clone());
+        stage.node = Some(node.clone());
+        let direction = stage.direction;
+        let program = self.program(&node);
+        match program.host_endpoints.get(&iface) {
+            Some(local) if local.name == name => {
+                let (pipeline, prefix) = match direction {
+                    PolicyType::Ingress => (&local.ingress, "fh-"),
+                    PolicyType::Egress => (&local.egress, "th-"),
+                };
+                let at = At {
+                    program,
+                    node: &node,
+                    iface: &iface,
+                    endpoint_chain: format!("{prefix}{iface}"),
+                    pipeline,
+                };
+                stage.dataplane =
+                    Some(locate(&at, &stage.decision, family.unwrap_or(4), transport));
+            }
+            _ => {
+                stage.not_programmed = Some(
+                    program
+                        .skipped
+                        .get(&format!("HostEndpoint {name}"))
+                        .cloned()
+                        .unwrap_or_else(|| format!("not in node {node}'s program")),
+                );
+            }
+        }
     }
 
     fn route_stage(&mut self, source: &Place, destination: &Place, loopback: bool) -> RouteStage {
@@ -1023,8 +1236,8 @@ impl Tracer<'_> {
         };
         summary.push(match &path {
             Path::LocalHost { .. } => format!(
-                "{dst} is node {node}'s own address: delivered to the host (input), where no \
-                 workload policy applies"
+                "{dst} is node {node}'s own address: delivered to the host (input), where only \
+                 host endpoint policy applies"
             ),
             _ => format!(
                 "on {node}: {}",
@@ -1249,6 +1462,24 @@ pub fn decision_by(decision: &Decision) -> String {
         Decision::NoProfileMatched => "the end of the profiles: none of their rules matched \
                                        (\"Drop if no profiles matched\")"
             .into(),
+        Decision::EndpointToHost { node, action } => format!(
+            "node {node}'s defaultEndpointToHostAction, {action}, which applies to what its \
+             workloads send to it (\"Configured DefaultEndpointToHostAction\")"
+        ),
+        Decision::FromHost { node } => {
+            format!("node {node}'s output path to its own workloads, which Calico does not police")
+        }
+        Decision::Failsafe { node, port } => format!(
+            "a failsafe port of node {node}, {} {}{}, which host endpoint policy never blocks",
+            port.protocol,
+            port.port,
+            port.net
+                .map_or_else(String::new, |net| format!(" (with {net})"))
+        ),
+        Decision::Overlay { node } => format!(
+            "the overlay (VXLAN) between the cluster's nodes, which node {node}'s host \
+             endpoint policy does not apply to"
+        ),
     }
 }
 
@@ -1266,6 +1497,20 @@ pub fn decision_text(decision: &Decision, direction: PolicyType) -> String {
         Decision::UnknownEndpoint { .. }
         | Decision::TierDefault { .. }
         | Decision::NoProfileMatched => format!("denied by {}", decision_by(decision)),
+        Decision::EndpointToHost { action, .. } => match action {
+            EndpointToHostAction::Drop => format!("denied by {}", decision_by(decision)),
+            EndpointToHostAction::Accept => format!("allowed by {}", decision_by(decision)),
+            EndpointToHostAction::Return => format!(
+                "handed on to the host's other input rules by {}",
+                decision_by(decision)
+            ),
+        },
+        Decision::FromHost { .. } => {
+            format!("allowed without policy: {}", decision_by(decision))
+        }
+        Decision::Failsafe { .. } | Decision::Overlay { .. } => {
+            format!("allowed by {}", decision_by(decision))
+        }
     }
 }
 
@@ -1331,28 +1576,159 @@ const IPTABLES_COMMENTS: EndComments = EndComments {
     no_profile: "Drop if no profiles matched",
 };
 
+/// A rule of a node's renderings that decides by itself, outside any endpoint's pipeline.
+enum HostRule {
+    /// From a workload to its node: the last rule of `wl-to-host` (`mgy-wl-to-host`), the
+    /// node's `defaultEndpointToHostAction`, after the workload's egress policy.
+    ToHost,
+    /// From a node to its workload: the output chain returns for workload interfaces.
+    FromHost,
+    /// A failsafe port, in `failsafe-in` (ingress) or `failsafe-out` (egress), which the
+    /// chain of the host endpoint on this interface jumps to.
+    Failsafe(PolicyType, ProtoPort, String),
+    /// The overlay between the nodes, in the input (ingress) or output (egress) chain.
+    Overlay(PolicyType),
+}
+
+/// Where `rule` is in the node's renderings: the chain it is in, the chain that leads there,
+/// and its position, found by the comment the renderers give it.
+fn host_rule_dataplane(program: &Program, node: &str, family: u8, rule: &HostRule) -> Dataplane {
+    let (nft_family, ipt_family) = if family == 6 {
+        (
+            margay_nft::policy::AddressFamily::Ipv6,
+            margay_iptables::Family::V6,
+        )
+    } else {
+        (
+            margay_nft::policy::AddressFamily::Ipv4,
+            margay_iptables::Family::V4,
+        )
+    };
+    let overlay = |text: &str| text.starts_with("VXLAN between the cluster's nodes");
+    // (the chain leading there, the chain, whether a rule's comment is the one), per rendering.
+    type Find = Box<dyn Fn(&str) -> bool>;
+    let (nft_from_owned, ipt_from_owned);
+    let ((nft_from, nft_chain, nft_is), (ipt_from, ipt_chain, ipt_is)): (
+        (&str, &str, Find),
+        (&str, &str, Find),
+    ) = match rule {
+        HostRule::ToHost => (
+            (
+                "input",
+                "wl-to-host",
+                Box::new(|c: &str| c.starts_with("configured DefaultEndpointToHostAction")),
+            ),
+            (
+                "mgy-INPUT",
+                "mgy-wl-to-host",
+                Box::new(|c: &str| c.starts_with("Configured DefaultEndpointToHostAction")),
+            ),
+        ),
+        HostRule::FromHost => (
+            (
+                "output",
+                "output",
+                Box::new(|c: &str| c == "from this host to a workload: allowed without policy"),
+            ),
+            (
+                "mgy-OUTPUT",
+                "mgy-OUTPUT",
+                Box::new(|c: &str| c == "From this host to a workload: allowed without policy"),
+            ),
+        ),
+        HostRule::Failsafe(direction, port, iface) => {
+            let text = format!("{} {}", port.protocol, port.port);
+            let (from, nft, ipt) = match direction {
+                PolicyType::Ingress => (format!("fh-{iface}"), "failsafe-in", "mgy-failsafe-in"),
+                PolicyType::Egress => (format!("th-{iface}"), "failsafe-out", "mgy-failsafe-out"),
+            };
+            nft_from_owned = from;
+            ipt_from_owned = margay_iptables::chain_name(&nft_from_owned);
+            let (nft_text, ipt_text) = (format!("failsafe: {text}"), format!("Failsafe: {text}"));
+            (
+                (
+                    nft_from_owned.as_str(),
+                    nft,
+                    Box::new(move |c: &str| c == nft_text),
+                ),
+                (
+                    ipt_from_owned.as_str(),
+                    ipt,
+                    Box::new(move |c: &str| c == ipt_text),
+                ),
+            )
+        }
+        HostRule::Overlay(direction) => {
+            let (nft, ipt) = match direction {
+                PolicyType::Ingress => ("input", "mgy-INPUT"),
+                PolicyType::Egress => ("output", "mgy-OUTPUT"),
+            };
+            ((nft, nft, Box::new(overlay)), (ipt, ipt, Box::new(overlay)))
+        }
+    };
+    let table = margay_nft::policy::table(program, nft_family);
+    let nft = table
+        .chains
+        .iter()
+        .find(|c| c.name == nft_chain)
+        .and_then(|c| {
+            c.rules
+                .iter()
+                .position(|r| nft_is(&r.comment))
+                .map(|i| (i + 1, c.rules[i].comment.clone()))
+        });
+    let rendered = margay_iptables::render(program, ipt_family);
+    let ipt = rendered.chain(ipt_chain).and_then(|c| {
+        c.rules.iter().enumerate().find_map(|(i, r)| {
+            spec_comments(&r.spec)
+                .into_iter()
+                .find(|comment| ipt_is(comment))
+                .map(|comment| (i + 1, comment))
+        })
+    });
+    let location = |table: String, from: &str, chain: &str, at: Option<(usize, String)>| Location {
+        table,
+        endpoint_chain: from.to_owned(),
+        chain: chain.to_owned(),
+        rules: at.iter().map(|(n, _)| *n).collect(),
+        comment: at.map(|(_, c)| c),
+    };
+    Dataplane {
+        node: node.to_owned(),
+        interface: String::new(),
+        family,
+        nftables: location(
+            format!("{} {}", table.family, table.name),
+            nft_from,
+            nft_chain,
+            nft,
+        ),
+        iptables: location("filter".to_owned(), ipt_from, ipt_chain, ipt),
+        chains: Vec::new(),
+    }
+}
+
 /// One endpoint's pipeline in one direction, in its node's program.
 struct At<'a> {
     program: &'a Program,
     node: &'a str,
     iface: &'a str,
+    /// The program-side id of the chain walking it: `fw-<iface>`, `tw-<iface>` for a
+    /// workload, `fh-<iface>`, `th-<iface>` for a host endpoint.
+    endpoint_chain: String,
     pipeline: &'a Pipeline,
-    direction: PolicyType,
 }
 
 /// Where `decision` is made in the node's nftables table and iptables chains.
-fn locate(at: &At<'_>, decision: &Decision, family: u8, protocol: Protocol) -> Dataplane {
+fn locate(at: &At<'_>, decision: &Decision, family: u8, transport: Transport) -> Dataplane {
     let At {
         program,
         node,
         iface,
         pipeline,
-        direction,
+        ..
     } = *at;
-    let endpoint_id = match direction {
-        PolicyType::Egress => format!("fw-{iface}"),
-        PolicyType::Ingress => format!("tw-{iface}"),
-    };
+    let endpoint_id = at.endpoint_chain.clone();
     // The program chain that decides and the comment of the deciding rule, or the
     // endpoint chain's closing rule.
     enum Target {
@@ -1394,9 +1770,13 @@ fn locate(at: &At<'_>, decision: &Decision, family: u8, protocol: Protocol) -> D
             .unwrap_or(Target::Nothing),
         Decision::TierDefault { tier } => Target::TierEnd(tier.clone()),
         Decision::NoProfileMatched => Target::NoProfile,
-        Decision::Loopback | Decision::NotAnEndpoint { .. } | Decision::UnknownEndpoint { .. } => {
-            Target::Nothing
-        }
+        Decision::Loopback
+        | Decision::NotAnEndpoint { .. }
+        | Decision::UnknownEndpoint { .. }
+        | Decision::EndpointToHost { .. }
+        | Decision::FromHost { .. }
+        | Decision::Failsafe { .. }
+        | Decision::Overlay { .. } => Target::Nothing,
     };
 
     // nftables.
@@ -1463,7 +1843,7 @@ fn locate(at: &At<'_>, decision: &Decision, family: u8, protocol: Protocol) -> D
     };
     let rules = match (&ipt_comment, rendered.chain(&ipt_chain)) {
         (Some(comment), Some(chain)) => {
-            iptables_positions(&chain.rules, comment, decides, protocol)
+            iptables_positions(&chain.rules, comment, decides, transport)
         }
         _ => Vec::new(),
     };
@@ -1510,7 +1890,7 @@ fn iptables_positions(
     rules: &[margay_iptables::Rule],
     comment: &str,
     rule: bool,
-    protocol: Protocol,
+    transport: Transport,
 ) -> Vec<usize> {
     let comments: Vec<Vec<String>> = rules.iter().map(|r| spec_comments(&r.spec)).collect();
     let has = |i: usize, text: &str| comments[i].iter().any(|c| c == text);
@@ -1518,7 +1898,18 @@ fn iptables_positions(
     if !rule {
         return candidates.first().map(|i| vec![i + 1]).unwrap_or_default();
     }
-    let proto = protocol.to_string().to_ascii_lowercase();
+    // As iptables-save spells `-p`.
+    let proto = match transport {
+        Transport::Ports { protocol, .. } => protocol.to_string().to_ascii_lowercase(),
+        Transport::Icmp(Icmp {
+            version: IcmpVersion::V4,
+            ..
+        }) => "icmp".to_owned(),
+        Transport::Icmp(Icmp {
+            version: IcmpVersion::V6,
+            ..
+        }) => "ipv6-icmp".to_owned(),
+    };
     let for_protocol = |i: &&usize| {
         let words: Vec<&str> = rules[**i].spec.split_whitespace().collect();
         match words.iter().position(|w| *w == "-p") {
@@ -1693,8 +2084,8 @@ fn final_verdict(
             _ => {}
         }
     }
-    // A node's own traffic to a workload on it goes through output, not forward: Margay's
-    // policy does not see it (docs/agent.md, Limits).
+    // A node's own traffic to a workload on it goes through output, not forward: as in
+    // Calico, no policy applies to it.
     let host_to_local = source
         .host()
         .is_some_and(|h| destination.endpoint_node() == Some(h.node.as_str()));
@@ -1703,12 +2094,10 @@ fn final_verdict(
             allowed: true,
             policy_allowed,
             stage: Stage::None,
-            by: "not filtered: a node's own traffic to a workload on it takes the output path, \
-                 which Margay's policy (forward hook) does not see; the engine alone would say \
-                 "
-            .to_owned()
-                + if ingress.allowed { "allowed" } else { "denied" },
-            dataplane: None,
+            by: "not policed: a node's own traffic to a workload on it takes the output path, \
+                 whose chain returns for workload interfaces, as Calico's does"
+                .to_owned(),
+            dataplane: ingress.dataplane.clone(),
         };
     }
     if !ingress.allowed {
@@ -1729,6 +2118,14 @@ fn final_verdict(
             "as far as Margay goes: it leaves the cluster through node {}'s default route",
             route.node.as_deref().unwrap_or_default()
         ),
+        (_, Place::External { .. }) if ingress.host_endpoint.is_some() => {
+            format!("allowed into the node by {}", policy_verdict_text(ingress))
+        }
+        (_, Place::External { .. })
+            if matches!(ingress.decision, Decision::EndpointToHost { .. }) =>
+        {
+            format!("allowed into the node by {}", policy_verdict_text(ingress))
+        }
         (_, Place::External { .. }) => "no policy on the destination's side".into(),
         _ => "both directions allowed, and routed to the pod".into(),
     };
@@ -1743,10 +2140,15 @@ fn final_verdict(
 
 /// `<what decided> (at y/b ingress)`.
 fn policy_verdict_text(stage: &PolicyStage) -> String {
+    let at = match (&stage.endpoint, &stage.host_endpoint, &stage.node) {
+        (Some(ep), ..) => ep.clone(),
+        (None, Some(hep), _) => format!("host endpoint {hep}"),
+        (None, None, Some(node)) => format!("node {node}"),
+        (None, None, None) => String::new(),
+    };
     format!(
-        "{} (at {} {})",
+        "{} (at {at} {})",
         decision_by(&stage.decision),
-        stage.endpoint.as_deref().unwrap_or_default(),
         direction_word(stage.direction)
     )
 }
@@ -1882,9 +2284,8 @@ pub fn render(trace: &Trace) -> String {
     };
     let _ = writeln!(
         out,
-        "Trace {}/{} from {} to {}{}",
-        trace.protocol,
-        trace.port,
+        "Trace {} from {} to {}{}",
+        trace.packet,
         end(&trace.source),
         end(&trace.destination),
         trace
@@ -1895,10 +2296,12 @@ pub fn render(trace: &Trace) -> String {
     let _ = writeln!(out, "1. Source");
     let _ = writeln!(out, "     from {}", place_text(&trace.source));
     let _ = writeln!(out, "     to   {}", place_text(&trace.destination));
-    let at = |stage: &PolicyStage| match (&stage.endpoint, &stage.node) {
-        (Some(ep), Some(node)) => format!(" at {ep} (node {node})"),
-        (Some(ep), None) => format!(" at {ep}"),
-        (None, _) => String::new(),
+    let at = |stage: &PolicyStage| match (&stage.endpoint, &stage.host_endpoint, &stage.node) {
+        (Some(ep), _, Some(node)) => format!(" at {ep} (node {node})"),
+        (Some(ep), _, None) => format!(" at {ep}"),
+        (None, Some(hep), Some(node)) => format!(" at host endpoint {hep} (node {node})"),
+        (None, _, Some(node)) => format!(" at node {node}"),
+        (None, _, None) => String::new(),
     };
     let _ = writeln!(out, "2. Egress{}", at(&trace.egress));
     policy_lines(&mut out, &trace.egress);

@@ -290,7 +290,11 @@ impl Iptables for FakeIptables {
     fn save(&mut self, family: Family) -> Result<String, Error> {
         let table = self.table(family);
         let mut out = String::from("*filter\n");
-        let order = |name: &&String| (!BUILT_IN.contains(&name.as_str()), (*name).clone());
+        // As the kernel lists them: the built-in chains in the table's order, then the others.
+        let order = |name: &&String| {
+            let built_in = BUILT_IN.iter().position(|b| *b == name.as_str());
+            (built_in.unwrap_or(BUILT_IN.len()), (*name).clone())
+        };
         let mut names: Vec<&String> = table.chains.keys().collect();
         names.sort_by_key(order);
         for name in &names {

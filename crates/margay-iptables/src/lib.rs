@@ -4,8 +4,8 @@
 //! The same intermediate representation as margay-nft's `policy` module, with exactly the
 //! same semantics; what differs is only what iptables needs.
 //!
-//! - [`render`] gives a [`Rendered`]: the `mgy-` chains of the filter table, the two rules
-//!   Margay owns in `FORWARD`, and the `mgy40…` (`mgy60…`) ipsets.
+//! - [`render`] gives a [`Rendered`]: the `mgy-` chains of the filter table, the rules
+//!   Margay owns in `INPUT`, `FORWARD` and `OUTPUT`, and the `mgy40…` (`mgy60…`) ipsets.
 //!   [`Rendered::iptables_restore`] and [`Rendered::ipset_restore`] are the inputs that
 //!   load it into a kernel that has none of it.
 //! - [`render_update`] gives the same rendering from the previous program and its rendering,
@@ -24,11 +24,24 @@
 //! # Layout (Felix's)
 //!
 //! ```text
+//! INPUT, OUTPUT           -I 1: -j mgy-INPUT, -j mgy-OUTPUT
 //! FORWARD                 -I 1: -j mgy-FORWARD
 //!                         -A:   -m mark --mark 0x10000/0x10000 -j ACCEPT ("Policy explicitly
 //!                               accepted packet.")
-//! mgy-FORWARD             clear the pass and scratch marks; -i mgy+ -j mgy-from-wl-dispatch;
-//!                         -o mgy+ -j mgy-to-wl-dispatch
+//! mgy-INPUT               -i mgy+ -g mgy-wl-to-host[; the overlay between the nodes
+//!                         accepted; -j mgy-from-host-endpoint; ACCEPT on the accept mark]
+//! mgy-OUTPUT              -o mgy+ -j RETURN (not policed)[; the overlay accepted;
+//!                         -j mgy-to-host-endpoint; ACCEPT on the accept mark]
+//! mgy-wl-to-host          (IPv6) ICMPv6 the host must answer accepted; -j
+//!                         mgy-from-wl-dispatch; defaultEndpointToHostAction
+//! mgy-FORWARD             clear the pass and scratch marks; [-j mgy-from-hep-forward;]
+//!                         -i mgy+ -j mgy-from-wl-dispatch; -o mgy+ -j mgy-to-wl-dispatch[;
+//!                         -j mgy-to-hep-forward]
+//! mgy-from-host-endpoint, mgy-to-host-endpoint, mgy-from-hep-forward, mgy-to-hep-forward
+//!                         -i (-o) <iface> -g mgy-fh- (th-, fhfw-, thfw-) <iface>
+//! mgy-fh-<iface>, mgy-th-<iface>   a host endpoint: conntrack, -j mgy-failsafe-in (-out),
+//!                         its pipeline; mgy-fhfw-, mgy-thfw-: its applyOnForward tiers
+//! mgy-failsafe-in, mgy-failsafe-out   accept the failsafe ports
 //! mgy-from-wl-dispatch    -i <iface> -g mgy-fw-<iface> per endpoint; -i mgy+ -j DROP
 //!                         ("Unknown interface")
 //! mgy-to-wl-dispatch      -o <iface> -g mgy-tw-<iface> per endpoint; -o mgy+ -j DROP
@@ -36,8 +49,11 @@
 //! mgy-tw-<iface>          the endpoint's ingress pipeline
 //! mgy-gi-<hash>, mgy-go-<hash>   policy groups: one tier's policy jumps, shared
 //! mgy-pi-<hash>, mgy-po-<hash>, mgy-pri-<name>, mgy-pro-<name>   policy and profile rules
-//! ipset mgy40s-<hash>     hash:net; mgy40np-<hash>: hash:ip,port (10.1.0.1,tcp:80)
+//! ipset mgy40s-<hash>     hash:net; mgy40np-<hash>: hash:ip,port (10.1.0.1,tcp:80);
+//!                         mgy40all-hosts: the nodes' addresses
 //! ```
+//!
+//! The parts in brackets exist only with host endpoints.
 //!
 //! An endpoint chain accepts established and related packets and drops invalid ones, clears
 //! the accept and pass marks, and then walks the pipeline as Felix's does: per tier, "Start
@@ -85,6 +101,10 @@ pub use runner::{Backend, Iptables, IptablesCommand};
 pub const CHAIN_PREFIX: &str = "mgy-";
 /// The chain `FORWARD` jumps to.
 pub const FORWARD_CHAIN: &str = "mgy-FORWARD";
+/// The chain `INPUT` jumps to.
+pub const INPUT_CHAIN: &str = "mgy-INPUT";
+/// The chain `OUTPUT` jumps to.
+pub const OUTPUT_CHAIN: &str = "mgy-OUTPUT";
 /// The prefix of the host side of every workload interface the CNI plugin creates.
 pub const WORKLOAD_INTERFACE_PREFIX: &str = "mgy";
 

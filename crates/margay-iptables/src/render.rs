@@ -5,10 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use ipnet::IpNet;
-use margay_api::{Action, IcmpFields, TierDefaultAction};
+use margay_api::{
+    Action, EndpointToHostAction, IcmpFields, PortProtocol, ProtoPort, TierDefaultAction,
+};
 use margay_policy::program::{
-    EndMatch, IpSet, LocalEndpoint, Matches, Pipeline, PolicyChain, PolicyGroup, PortMatch,
-    PortSet, ProfileChain, Program, ProgramRule,
+    EndMatch, IpSet, LocalEndpoint, LocalHostEndpoint, Matches, Pipeline, PolicyChain, PolicyGroup,
+    PortMatch, PortSet, ProfileChain, Program, ProgramRule, HOSTS_SET,
 };
 use margay_policy::PolicyRef;
 use sha2::{Digest, Sha256};
@@ -17,12 +19,19 @@ use crate::rendered::{
     hash_comment, hex, net_member, rule_hash, Chain, Hook, Ipset, Rule, SetHeader,
 };
 use crate::{
-    Family, Rendered, CHAIN_PREFIX, FORWARD_CHAIN, MARK_ACCEPT, MARK_PASS, MARK_SCRATCH_ALL,
-    MARK_SCRATCH_THIS, WORKLOAD_INTERFACE_PREFIX,
+    Family, Rendered, CHAIN_PREFIX, FORWARD_CHAIN, INPUT_CHAIN, MARK_ACCEPT, MARK_PASS,
+    MARK_SCRATCH_ALL, MARK_SCRATCH_THIS, OUTPUT_CHAIN, WORKLOAD_INTERFACE_PREFIX,
 };
 
 const FROM_WORKLOAD_DISPATCH: &str = "mgy-from-wl-dispatch";
 const TO_WORKLOAD_DISPATCH: &str = "mgy-to-wl-dispatch";
+const WORKLOAD_TO_HOST: &str = "mgy-wl-to-host";
+const FROM_HOST_DISPATCH: &str = "mgy-from-host-endpoint";
+const TO_HOST_DISPATCH: &str = "mgy-to-host-endpoint";
+const FROM_HOST_FORWARD_DISPATCH: &str = "mgy-from-hep-forward";
+const TO_HOST_FORWARD_DISPATCH: &str = "mgy-to-hep-forward";
+const FAILSAFE_IN: &str = "mgy-failsafe-in";
+const FAILSAFE_OUT: &str = "mgy-failsafe-out";
 
 /// iptables' limit on chain names (Felix's `MaxChainNameLength`).
 pub(crate) const MAX_CHAIN: usize = 28;
@@ -53,7 +62,7 @@ pub fn render(program: &Program, family: Family) -> Rendered {
         r.sets.insert(set_name(family, id), port_set(set, family));
     }
 
-    r.chains.push(forward_chain(program));
+    r.chains.extend(host_chains(program, family));
     r.chains.push(dispatch_chain(program, Direction::From));
     r.chains.push(dispatch_chain(program, Direction::To));
     for (iface, ep) in &program.endpoints {
@@ -130,7 +139,7 @@ pub fn render_update(old_program: &Program, old: &Rendered, program: &Program) -
             .cloned()
     };
 
-    r.chains.push(forward_chain(program));
+    r.chains.extend(host_chains(program, family));
     let same_dispatch = old_program.endpoints.len() == program.endpoints.len()
         && old_program
             .endpoints
@@ -315,12 +324,21 @@ fn profile_chain(id: &str, chain: &ProfileChain, family: Family) -> Chain {
     rule_chain(id, &chain.rules, &log, &owner, true, family)
 }
 
-/// `FORWARD`'s jump to [`FORWARD_CHAIN`] (inserted at the top) and, appended, Felix's
-/// acceptance of what policy accepted.
+/// `INPUT`'s jump to [`INPUT_CHAIN`], `FORWARD`'s jump to [`FORWARD_CHAIN`] (both inserted
+/// at the top) and, appended, Felix's acceptance of what policy accepted, and `OUTPUT`'s jump
+/// to [`OUTPUT_CHAIN`]: in the order `iptables-save` lists them, which is how
+/// [`Rendered::from_kernel`] reads them back.
 fn hooks() -> Vec<Hook> {
     let jump = Spec::jump(format!("-j {FORWARD_CHAIN}"));
     let accept = Spec::jump("-j ACCEPT").with(mark_set(MARK_ACCEPT));
+    let input = Spec::jump(format!("-j {INPUT_CHAIN}"));
+    let output = Spec::jump(format!("-j {OUTPUT_CHAIN}"));
     vec![
+        Hook {
+            chain: "INPUT".into(),
+            insert: true,
+            rule: hashed("INPUT", "insert", &input, "Margay host policy"),
+        },
         Hook {
             chain: "FORWARD".into(),
             insert: true,
@@ -335,6 +353,11 @@ fn hooks() -> Vec<Hook> {
                 &accept,
                 "Policy explicitly accepted packet.",
             ),
+        },
+        Hook {
+            chain: "OUTPUT".into(),
+            insert: true,
+            rule: hashed("OUTPUT", "insert", &output, "Margay host policy"),
         },
     ]
 }
@@ -445,6 +468,253 @@ fn workload_interfaces(program: &Program) -> Vec<String> {
     patterns
 }
 
+/// The chains rendered whole every time (a few, whatever the size of the program): the
+/// top-level chains, `mgy-wl-to-host`, and with host endpoints their dispatch chains, the
+/// failsafe chains and the host endpoints' own chains.
+fn host_chains(program: &Program, family: Family) -> Vec<Chain> {
+    let mut chains = vec![
+        forward_chain(program),
+        input_chain(program, family),
+        output_chain(program, family),
+        workload_to_host_chain(program, family),
+    ];
+    if let Some(exemptions) = &program.exemptions {
+        chains.push(failsafe_chain(
+            FAILSAFE_IN,
+            &exemptions.failsafe_inbound,
+            Side::Source,
+            family,
+        ));
+        chains.push(failsafe_chain(
+            FAILSAFE_OUT,
+            &exemptions.failsafe_outbound,
+            Side::Destination,
+            family,
+        ));
+    }
+    for dispatch in HostDispatch::ALL {
+        if host_dispatch_used(program, dispatch) {
+            chains.push(host_dispatch_chain(program, dispatch));
+        }
+    }
+    for (iface, hep) in &program.host_endpoints {
+        for dispatch in HostDispatch::ALL {
+            let pipeline = dispatch.pipeline(hep);
+            if dispatch.forward() && pipeline.tiers.is_empty() {
+                continue;
+            }
+            let what = format!("host endpoint {} {}", hep.name, dispatch.what());
+            let mut b = ChainBuilder::new(chain_name(&dispatch.endpoint_id(iface)));
+            endpoint_rules(&mut b, &what, pipeline, program, dispatch.failsafe());
+            if !dispatch.forward() {
+                b.push(&Spec::jump("-j DROP"), "Drop if no profiles matched");
+            }
+            chains.push(b.finish());
+        }
+    }
+    chains
+}
+
+/// The four ways through a host endpoint, as Felix names their chains.
+#[derive(Clone, Copy)]
+enum HostDispatch {
+    /// To the node (`mgy-fh-`).
+    From,
+    /// From the node (`mgy-th-`).
+    To,
+    /// Forwarded in (`mgy-fhfw-`).
+    FromForward,
+    /// Forwarded out (`mgy-thfw-`).
+    ToForward,
+}
+
+impl HostDispatch {
+    const ALL: [HostDispatch; 4] = [
+        HostDispatch::From,
+        HostDispatch::To,
+        HostDispatch::FromForward,
+        HostDispatch::ToForward,
+    ];
+
+    fn forward(self) -> bool {
+        matches!(self, HostDispatch::FromForward | HostDispatch::ToForward)
+    }
+
+    fn dispatch(self) -> &'static str {
+        match self {
+            HostDispatch::From => FROM_HOST_DISPATCH,
+            HostDispatch::To => TO_HOST_DISPATCH,
+            HostDispatch::FromForward => FROM_HOST_FORWARD_DISPATCH,
+            HostDispatch::ToForward => TO_HOST_FORWARD_DISPATCH,
+        }
+    }
+
+    /// The program-side id of the endpoint's chain: `fh-<iface>`, …
+    fn endpoint_id(self, iface: &str) -> String {
+        let prefix = match self {
+            HostDispatch::From => "fh-",
+            HostDispatch::To => "th-",
+            HostDispatch::FromForward => "fhfw-",
+            HostDispatch::ToForward => "thfw-",
+        };
+        format!("{prefix}{iface}")
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            HostDispatch::From => "ingress",
+            HostDispatch::To => "egress",
+            HostDispatch::FromForward => "forwarded ingress",
+            HostDispatch::ToForward => "forwarded egress",
+        }
+    }
+
+    fn pipeline(self, hep: &LocalHostEndpoint) -> &Pipeline {
+        match self {
+            HostDispatch::From => &hep.ingress,
+            HostDispatch::To => &hep.egress,
+            HostDispatch::FromForward => &hep.forward_ingress,
+            HostDispatch::ToForward => &hep.forward_egress,
+        }
+    }
+
+    /// The failsafe chain the endpoint's chain jumps to first: the node's own traffic only.
+    fn failsafe(self) -> Option<&'static str> {
+        match self {
+            HostDispatch::From => Some(FAILSAFE_IN),
+            HostDispatch::To => Some(FAILSAFE_OUT),
+            HostDispatch::FromForward | HostDispatch::ToForward => None,
+        }
+    }
+
+    fn direction(self) -> Direction {
+        match self {
+            HostDispatch::From | HostDispatch::FromForward => Direction::From,
+            HostDispatch::To | HostDispatch::ToForward => Direction::To,
+        }
+    }
+}
+
+/// Whether some host endpoint's traffic goes through `dispatch`: any, for the node's own
+/// traffic; one whose forwarded traffic has policy, for the forward ones.
+fn host_dispatch_used(program: &Program, dispatch: HostDispatch) -> bool {
+    program
+        .host_endpoints
+        .values()
+        .any(|hep| !dispatch.forward() || !dispatch.pipeline(hep).tiers.is_empty())
+}
+
+/// `-i <iface> -g mgy-fh-<iface>` (and the others) per host endpoint, the forward ones only
+/// for endpoints whose forwarded traffic has policy. Other interfaces are not policed: no
+/// drop at the end.
+fn host_dispatch_chain(program: &Program, dispatch: HostDispatch) -> Chain {
+    let mut b = ChainBuilder::new(dispatch.dispatch().to_owned());
+    for (iface, hep) in &program.host_endpoints {
+        if dispatch.forward() && dispatch.pipeline(hep).tiers.is_empty() {
+            continue;
+        }
+        let mut spec = dispatch.direction().interface(iface);
+        spec.target = format!("-g {}", chain_name(&dispatch.endpoint_id(iface)));
+        b.push(
+            &spec,
+            &format!("host endpoint {} {}", hep.name, dispatch.what()),
+        );
+    }
+    b.finish()
+}
+
+/// `mgy-failsafe-in` / `mgy-failsafe-out`: accepts packets to a failsafe port, from
+/// (`Side::Source`) or to (`Side::Destination`) its `net` when it has one. A port whose net
+/// is of the other family has no rule in this family's table, as in Felix.
+fn failsafe_chain(name: &str, ports: &[ProtoPort], remote: Side, family: Family) -> Chain {
+    let mut b = ChainBuilder::new(name.to_owned());
+    for p in ports
+        .iter()
+        .filter(|p| p.net.is_none_or(|net| family.holds(net.addr())))
+    {
+        let protocol = match p.protocol {
+            PortProtocol::Tcp => 6,
+            PortProtocol::Udp => 17,
+            PortProtocol::Sctp => 132,
+        };
+        let mut spec = Spec {
+            protocol: Some((false, protocol)),
+            ..Spec::jump("-j ACCEPT").with(format!("-m multiport --dports {}", p.port))
+        };
+        if let Some(net) = p.net {
+            *remote.address(&mut spec) = Some((false, net));
+        }
+        b.push(&spec, &format!("Failsafe: {} {}", p.protocol, p.port));
+    }
+    b.finish()
+}
+
+/// With host endpoints: accepts the overlay between the nodes (VXLAN to the configured port,
+/// and in IPv4 IPIP) from (`Side::Source`) or to (`Side::Destination`) the cluster's nodes,
+/// which host endpoint policy must not cut.
+fn overlay_rules(b: &mut ChainBuilder, program: &Program, remote: Side, family: Family) {
+    let Some(exemptions) = &program.exemptions else {
+        return;
+    };
+    let nodes = format!(
+        "-m set --match-set {} {}",
+        set_name(family, HOSTS_SET),
+        remote.flag()
+    );
+    let vxlan = Spec {
+        protocol: Some((false, 17)),
+        ..Spec::jump("-j ACCEPT")
+            .with(format!("-m multiport --dports {}", exemptions.vxlan_port))
+            .with(nodes.clone())
+    };
+    b.push(
+        &vxlan,
+        "VXLAN between the cluster's nodes: not subject to host endpoint policy",
+    );
+    if family == Family::V4 {
+        let ipip = Spec {
+            protocol: Some((false, 4)),
+            ..Spec::jump("-j ACCEPT").with(nodes)
+        };
+        b.push(
+            &ipip,
+            "IPIP between the cluster's nodes: not subject to host endpoint policy",
+        );
+    }
+}
+
+/// With host endpoints, the end of `mgy-INPUT` or `mgy-OUTPUT`: the overlay, then the host
+/// endpoint dispatch (`dispatch`), whose endpoint chain returns with the accept mark when its
+/// policy allows ("Host endpoint policy accepted packet.", as in Felix).
+fn host_endpoint_rules(
+    b: &mut ChainBuilder,
+    program: &Program,
+    remote: Side,
+    dispatch: HostDispatch,
+    family: Family,
+) {
+    if program.host_endpoints.is_empty() {
+        return;
+    }
+    overlay_rules(b, program, remote, family);
+    b.push(
+        &Spec::jump(clear_marks(MARK_ACCEPT | MARK_PASS)),
+        "Clear the accept and pass marks",
+    );
+    b.push(
+        &Spec::jump(format!("-j {}", dispatch.dispatch())),
+        "Host endpoint policy",
+    );
+    b.push(
+        &Spec::jump("-j ACCEPT").with(mark_set(MARK_ACCEPT)),
+        "Host endpoint policy accepted packet.",
+    );
+}
+
+/// `mgy-FORWARD`: the source workload's egress policy, then the destination's ingress
+/// policy; with host endpoints whose forwarded traffic has policy, before them the
+/// `applyOnForward` ingress policy of the one the packet arrives through, and after them the
+/// egress policy of the one it leaves through.
 fn forward_chain(program: &Program) -> Chain {
     let mut b = ChainBuilder::new(FORWARD_CHAIN.to_owned());
     b.push(
@@ -453,6 +723,12 @@ fn forward_chain(program: &Program) -> Chain {
         )),
         "Clear the pass and scratch marks",
     );
+    if host_dispatch_used(program, HostDispatch::FromForward) {
+        b.push(
+            &Spec::jump(format!("-j {FROM_HOST_FORWARD_DISPATCH}")),
+            "applyOnForward ingress policy of the host endpoint it arrives through",
+        );
+    }
     for (direction, what) in [
         (Direction::From, "Egress policy of the source workload"),
         (Direction::To, "Ingress policy of the destination workload"),
@@ -463,6 +739,84 @@ fn forward_chain(program: &Program) -> Chain {
             b.push(&spec, what);
         }
     }
+    if host_dispatch_used(program, HostDispatch::ToForward) {
+        b.push(
+            &Spec::jump(format!("-j {TO_HOST_FORWARD_DISPATCH}")),
+            "applyOnForward egress policy of the host endpoint it leaves through",
+        );
+    }
+    b.finish()
+}
+
+/// `mgy-INPUT`: what workloads send to this node goes to `mgy-wl-to-host` (`-g`: its
+/// verdict is final, and its RETURN goes back to `INPUT`); with host endpoints, the rest
+/// meets the policy of the one it arrives through.
+fn input_chain(program: &Program, family: Family) -> Chain {
+    let mut b = ChainBuilder::new(INPUT_CHAIN.to_owned());
+    for pattern in workload_interfaces(program) {
+        let mut spec = Direction::From.interface(&pattern);
+        spec.target = format!("-g {WORKLOAD_TO_HOST}");
+        b.push(&spec, "From a workload to this host");
+    }
+    host_endpoint_rules(&mut b, program, Side::Source, HostDispatch::From, family);
+    b.finish()
+}
+
+/// `mgy-OUTPUT`: this node's traffic to its workloads is not policed, as in Calico
+/// (kubelet's probes, for one, come this way); with host endpoints, the rest meets the
+/// policy of the one it leaves through.
+fn output_chain(program: &Program, family: Family) -> Chain {
+    let mut b = ChainBuilder::new(OUTPUT_CHAIN.to_owned());
+    for pattern in workload_interfaces(program) {
+        let mut spec = Direction::To.interface(&pattern);
+        spec.target = "-j RETURN".into();
+        b.push(
+            &spec,
+            "From this host to a workload: allowed without policy",
+        );
+    }
+    host_endpoint_rules(&mut b, program, Side::Destination, HostDispatch::To, family);
+    b.finish()
+}
+
+/// Felix's ICMPv6 types a workload may always send to its host, before its egress policy: the
+/// host is its router, and these are how it finds it (multicast listener query, report and
+/// done; router solicitation; neighbour solicitation and advertisement).
+const ICMPV6_TO_HOST: [u8; 6] = [130, 131, 132, 133, 135, 136];
+
+/// `mgy-wl-to-host` (Felix's `cali-wl-to-host`): the workload's egress policy (through the
+/// dispatch chain, whose endpoint chain returns when it allows), then the node's
+/// `defaultEndpointToHostAction`.
+fn workload_to_host_chain(program: &Program, family: Family) -> Chain {
+    let mut b = ChainBuilder::new(WORKLOAD_TO_HOST.to_owned());
+    if family == Family::V6 {
+        for icmp_type in ICMPV6_TO_HOST {
+            let spec = Spec {
+                protocol: Some((false, 58)),
+                ..Spec::jump("-j ACCEPT").with(format!("-m icmp6 --icmpv6-type {icmp_type}"))
+            };
+            b.push(
+                &spec,
+                "ICMPv6 the host must answer: it is the workload's router",
+            );
+        }
+    }
+    b.push(
+        &Spec::jump(format!("-j {FROM_WORKLOAD_DISPATCH}")),
+        "Egress policy of the source workload",
+    );
+    let target = match program.endpoint_to_host {
+        EndpointToHostAction::Drop => "-j DROP",
+        EndpointToHostAction::Accept => "-j ACCEPT",
+        EndpointToHostAction::Return => "-j RETURN",
+    };
+    b.push(
+        &Spec::jump(target),
+        &format!(
+            "Configured DefaultEndpointToHostAction: {}",
+            program.endpoint_to_host
+        ),
+    );
     b.finish()
 }
 
@@ -487,6 +841,20 @@ fn dispatch_chain(program: &Program, direction: Direction) -> Chain {
 
 fn endpoint_chain(name: String, what: &str, pipeline: &Pipeline, program: &Program) -> Chain {
     let mut b = ChainBuilder::new(name);
+    endpoint_rules(&mut b, what, pipeline, program, None);
+    b.push(&Spec::jump("-j DROP"), "Drop if no profiles matched");
+    b.finish()
+}
+
+/// An endpoint chain's rules up to its last: conntrack, the jump to `failsafe` (a host
+/// endpoint's own traffic), then the pipeline's tiers and profiles.
+fn endpoint_rules(
+    b: &mut ChainBuilder,
+    what: &str,
+    pipeline: &Pipeline,
+    program: &Program,
+    failsafe: Option<&str>,
+) {
     b.push(
         &Spec::jump("-j ACCEPT").with("-m conntrack --ctstate RELATED,ESTABLISHED"),
         &format!("{what}: replies and related traffic of allowed connections"),
@@ -495,6 +863,9 @@ fn endpoint_chain(name: String, what: &str, pipeline: &Pipeline, program: &Progr
         &Spec::jump("-j DROP").with("-m conntrack --ctstate INVALID"),
         &format!("{what}: conntrack invalid"),
     );
+    if let Some(failsafe) = failsafe {
+        b.push(&Spec::jump(format!("-j {failsafe}")), "Failsafe ports");
+    }
     b.push(
         &Spec::jump(clear_marks(MARK_ACCEPT | MARK_PASS)),
         &format!("{what}: clear the accept and pass marks"),
@@ -518,7 +889,7 @@ fn endpoint_chain(name: String, what: &str, pipeline: &Pipeline, program: &Progr
                 );
                 b.push(&return_if_accepted, "Return if policy accepted");
             }
-            None => policy_jumps(&mut b, tier, &stage.policies, program),
+            None => policy_jumps(b, tier, &stage.policies, program),
         }
         if stage.default_action == TierDefaultAction::Deny {
             b.push(
@@ -538,8 +909,6 @@ fn endpoint_chain(name: String, what: &str, pipeline: &Pipeline, program: &Progr
         );
         b.push(&return_if_accepted, "Return if profile accepted");
     }
-    b.push(&Spec::jump("-j DROP"), "Drop if no profiles matched");
-    b.finish()
 }
 
 /// A policy or profile chain. `log` names it in log prefixes (`<tier>/<policy>`), `owner` in
@@ -721,6 +1090,7 @@ impl Spec {
 fn protocol_name(p: u8) -> String {
     match p {
         1 => "icmp".into(),
+        4 => "ipencap".into(),
         6 => "tcp".into(),
         17 => "udp".into(),
         58 => "ipv6-icmp".into(),

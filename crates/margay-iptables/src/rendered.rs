@@ -26,7 +26,7 @@ pub struct Chain {
     pub rules: Vec<Rule>,
 }
 
-/// A rule of Margay's in a built-in chain (`FORWARD`).
+/// A rule of Margay's in a built-in chain (`INPUT`, `FORWARD`, `OUTPUT`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
     pub chain: String,

@@ -17,7 +17,7 @@ use margay_iptables::{
 use margay_policy::program::program;
 use margay_testkit::fixture::{self, golden_node1};
 use margay_testkit::netns::{run, TestNs};
-use margay_testkit::pods::{PodNetwork, PORTS};
+use margay_testkit::pods::{self, PodNetwork, PORTS};
 
 const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
 
@@ -290,4 +290,157 @@ fn syn_counts(ns: &TestNs) -> BTreeMap<String, u64> {
             Some((comment.to_owned(), packets))
         })
         .collect()
+}
+
+/// The same pods try the node itself: with Calico's default (Drop) nothing gets in; with
+/// `defaultEndpointToHostAction: Accept`, exactly what each pod's egress policy allows (and
+/// nothing from the unknown interface). What got in is what the node answered: it resets
+/// every connection (nothing listens), and its resets leave through OUTPUT, which Margay
+/// does not police towards workloads.
+#[test]
+fn workloads_reach_their_node_as_the_engine_predicts() {
+    require_root_and_tools!();
+    let host: std::net::IpAddr = fixture::NODE1_ADDRESS.parse().unwrap();
+    let drop = fixture::golden_cluster();
+    let accept = fixture::cluster(&(fixture::golden_yaml() + fixture::NODE1_ACCEPTS_WORKLOADS));
+    let net = PodNetwork::wire(PREFIX, &program(&drop, "node1"));
+    net.node.ip(&format!("addr add {host}/32 dev lo"));
+    let mut counting = String::from("*filter\n");
+    for (i, src) in net.pods.iter().enumerate() {
+        for port in PORTS {
+            counting += &format!(
+                "-A OUTPUT -d {}/32 -p tcp -m tcp --sport {port} --tcp-flags RST RST \
+                 -m comment --comment c{i}_{port}\n",
+                src.ip
+            );
+        }
+    }
+    counting += "COMMIT\n";
+    net.node.iptables().restore(Family::V4, &counting).unwrap();
+
+    let mut appliers: Vec<Applier<IptablesCommand>> = FAMILIES
+        .into_iter()
+        .map(|family| Applier::new(net.node.iptables(), family))
+        .collect();
+    for (cluster, allows) in [(&drop, false), (&accept, true)] {
+        let node1 = program(cluster, "node1");
+        for applier in &mut appliers {
+            applier.apply(&node1).unwrap();
+        }
+        let before = syn_counts(&net.node);
+        net.connect_to_host(host);
+        std::thread::sleep(Duration::from_millis(100));
+        let after = syn_counts(&net.node);
+        let allowed = net.assert_engine_agrees_to_host(cluster, host, |i, port| {
+            let key = format!("c{i}_{port}");
+            after[&key] > before[&key]
+        });
+        assert_eq!(allowed > 0, allows, "{allowed} allowed");
+    }
+}
+
+/// node1's eth0 is a host endpoint, with a namespace outside it: what the outside sends the
+/// node, and the node the outside, passes exactly as the engine says, and what the node would
+/// forward from the outside to its pods is dropped by the applyOnForward policy; without it,
+/// forwarded traffic meets only the pods' policy. (As the nftables test of the same name.)
+#[test]
+fn host_endpoint_policy_decides_as_the_engine_predicts() {
+    require_root_and_tools!();
+    let cluster = fixture::cluster(&(fixture::golden_yaml() + fixture::NODE1_OUTSIDE_POLICY));
+    let node1 = program(&cluster, "node1");
+    let net = PodNetwork::wire(PREFIX, &node1);
+    let node_ip: std::net::IpAddr = fixture::NODE1_ADDRESS.parse().unwrap();
+    let outside = net.outside("eth0", node_ip, "192.0.2.50".parse().unwrap());
+    let mut appliers: Vec<Applier<IptablesCommand>> = FAMILIES
+        .into_iter()
+        .map(|family| Applier::new(net.node.iptables(), family))
+        .collect();
+    for applier in &mut appliers {
+        applier.apply(&node1).unwrap();
+    }
+    // The outside counts the node's SYNs (what got out) and resets (what got in), by port;
+    // each pod the outside's SYNs (what the node forwarded).
+    let mut counting = String::from("*filter\n");
+    for port in PORTS {
+        counting += &format!(
+            "-A INPUT -s {node_ip}/32 -p tcp -m tcp --dport {port} --tcp-flags SYN,ACK SYN \
+             -m comment --comment syn{port}\n\
+             -A INPUT -s {node_ip}/32 -p tcp -m tcp --sport {port} --tcp-flags RST RST \
+             -m comment --comment rst{port}\n"
+        );
+    }
+    counting += "COMMIT\n";
+    outside
+        .ns
+        .iptables()
+        .restore(Family::V4, &counting)
+        .unwrap();
+    let mut forwarded = String::from("*filter\n");
+    for port in PORTS {
+        forwarded += &format!(
+            "-A INPUT -s {}/32 -p tcp -m tcp --dport {port} -m comment --comment fwd{port}\n",
+            outside.ip
+        );
+    }
+    forwarded += "COMMIT\n";
+    for pod in &net.pods {
+        pod.ns.iptables().restore(Family::V4, &forwarded).unwrap();
+    }
+
+    pods::connect(&outside.ns, node_ip);
+    pods::connect(&net.node, outside.ip);
+    for pod in &net.pods {
+        pods::connect(&outside.ns, pod.ip);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let seen = syn_counts(&outside.ns);
+    let (inward, outward) = pods::assert_engine_agrees_through_host_endpoint(
+        &cluster,
+        &outside,
+        |port| seen[&format!("rst{port}")] > 0,
+        |port| seen[&format!("syn{port}")] > 0,
+    );
+    assert!(inward > 0 && outward > 0 && inward < PORTS.len() && outward < PORTS.len());
+    for pod in &net.pods {
+        let seen = syn_counts(&pod.ns);
+        for port in PORTS {
+            assert_eq!(seen[&format!("fwd{port}")], 0, "{} {port}", pod.ip);
+        }
+    }
+
+    // Without the applyOnForward policy, forwarded traffic meets only the pods' own policy.
+    let yaml = fixture::golden_yaml().replace("applyOnForward: true", "applyOnForward: false");
+    let open = fixture::cluster(&(yaml + fixture::NODE1_OUTSIDE_POLICY));
+    let node1 = program(&open, "node1");
+    assert!(node1.host_endpoints["eth0"]
+        .forward_ingress
+        .tiers
+        .is_empty());
+    for applier in &mut appliers {
+        applier.apply(&node1).unwrap();
+    }
+    for pod in &net.pods {
+        pods::connect(&outside.ns, pod.ip);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut arrived = 0;
+    for pod in net.pods.iter().filter(|p| p.id.is_some()) {
+        let seen = syn_counts(&pod.ns);
+        for port in PORTS {
+            let packet = margay_policy::Packet {
+                from: margay_policy::Peer::Ip(outside.ip),
+                to: margay_policy::Peer::Endpoint(pod.id.clone().unwrap()),
+                transport: margay_policy::Transport::Ports {
+                    protocol: margay_policy::Protocol::Tcp,
+                    port,
+                    source_port: None,
+                },
+            };
+            let allowed = margay_policy::evaluate(&open, &packet).allowed;
+            let got = seen[&format!("fwd{port}")] > 0;
+            assert_eq!(got, allowed, "{} {port}", pod.ip);
+            arrived += usize::from(got);
+        }
+    }
+    assert!(arrived > 0);
 }

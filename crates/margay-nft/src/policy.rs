@@ -14,15 +14,30 @@
 //!
 //! ```text
 //! chain forward            filter hook forward: established/related accept, invalid drop,
-//!                          jump from-wl-dispatch, jump to-wl-dispatch
+//!                          [iifname vmap @from-hep-fw,] jump from-wl-dispatch,
+//!                          jump to-wl-dispatch[, oifname vmap @to-hep-fw]
+//! chain input              filter hook input: established/related accept, mgy* goto
+//!                          wl-to-host[; the overlay between the nodes accepted,
+//!                          iifname vmap @from-hep (jump fh-<iface>)]
+//! chain output             filter hook output: mgy* return (not policed)[; established/
+//!                          related and the overlay accepted, oifname vmap @to-hep]
+//! chain wl-to-host         invalid drop, (IPv6) ICMPv6 the host must answer accepted, jump
+//!                          from-wl-dispatch, then defaultEndpointToHostAction
 //! chain from-wl-dispatch   iifname vmap @from-wl (goto fw-<iface>); other mgy* interfaces drop
 //! chain to-wl-dispatch     oifname vmap @to-wl (goto tw-<iface>); other mgy* interfaces drop
 //! chain fw-<iface>         the endpoint's egress pipeline
 //! chain tw-<iface>         the endpoint's ingress pipeline
+//! chain fh-<iface>, th-<iface>    a host endpoint: invalid drop, jump failsafe-in (-out),
+//!                                 its pipeline
+//! chain fhfw-<iface>, thfw-<iface>   its applyOnForward tiers, for forwarded traffic
+//! chain failsafe-in, failsafe-out    accept the failsafe ports
 //! chain gi-<hash>, go-<hash>   policy groups: one tier's policies, shared by endpoints
 //! chain pi-<hash>, po-<hash>, pri-<name>, pro-<name>   policy and profile rules
-//! set s-<hash>             addresses (flags interval); np-<hash>: address . protocol . port
+//! set s-<hash>             addresses (flags interval); np-<hash>: address . protocol . port;
+//!                          all-hosts: the nodes' addresses
 //! ```
+//!
+//! The parts in brackets exist only with host endpoints.
 //!
 //! An endpoint chain walks its pipeline exactly as Felix's does: clear the accept and pass
 //! marks; per tier, clear the pass mark, jump to each policy chain while the pass mark is
@@ -55,10 +70,12 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use margay_api::{Action, IcmpFields, TierDefaultAction};
+use margay_api::{
+    Action, EndpointToHostAction, IcmpFields, PortProtocol, ProtoPort, TierDefaultAction,
+};
 use margay_policy::program::{
-    EndMatch, IpSet, LocalEndpoint, Matches, Pipeline, PolicyChain, PolicyGroup, PortMatch,
-    PortSet, ProfileChain, Program, ProgramRule,
+    EndMatch, IpSet, LocalEndpoint, LocalHostEndpoint, Matches, Pipeline, PolicyChain, PolicyGroup,
+    PortMatch, PortSet, ProfileChain, Program, ProgramRule, HOSTS_SET,
 };
 use margay_policy::PolicyRef;
 
@@ -82,6 +99,13 @@ const FROM_WORKLOAD_MAP: &str = "from-wl";
 const TO_WORKLOAD_MAP: &str = "to-wl";
 const FROM_WORKLOAD_DISPATCH: &str = "from-wl-dispatch";
 const TO_WORKLOAD_DISPATCH: &str = "to-wl-dispatch";
+const WORKLOAD_TO_HOST: &str = "wl-to-host";
+const FROM_HOST_MAP: &str = "from-hep";
+const TO_HOST_MAP: &str = "to-hep";
+const FROM_HOST_FORWARD_MAP: &str = "from-hep-fw";
+const TO_HOST_FORWARD_MAP: &str = "to-hep-fw";
+const FAILSAFE_IN: &str = "failsafe-in";
+const FAILSAFE_OUT: &str = "failsafe-out";
 
 /// nft's limit on log prefixes (the kernel's 128 bytes, less the NUL).
 const MAX_LOG_PREFIX: usize = 127;
@@ -149,6 +173,7 @@ pub fn same_rules(old: &Program, new: &Program, family: AddressFamily) -> bool {
     old.ip_sets.keys().eq(new.ip_sets.keys())
         && old.port_sets.keys().eq(new.port_sets.keys())
         && old.endpoints.keys().eq(new.endpoints.keys())
+        && host_maps(old) == host_maps(new)
         && update::chain_changes(old, new, family).is_empty()
 }
 
@@ -190,17 +215,8 @@ pub fn table(program: &Program, family: AddressFamily) -> Table {
                 .collect(),
         });
     }
-    t.chains.push(forward_chain());
-    t.chains.push(dispatch_chain(
-        FROM_WORKLOAD_DISPATCH,
-        "iifname",
-        FROM_WORKLOAD_MAP,
-    ));
-    t.chains.push(dispatch_chain(
-        TO_WORKLOAD_DISPATCH,
-        "oifname",
-        TO_WORKLOAD_MAP,
-    ));
+    t.maps.extend(host_maps(program));
+    t.chains.extend(static_chains(program, family));
     for (iface, ep) in &program.endpoints {
         t.chains.push(from_endpoint_chain(iface, ep, program));
         t.chains.push(to_endpoint_chain(iface, ep, program));
@@ -269,6 +285,7 @@ fn from_endpoint_chain(iface: &str, ep: &LocalEndpoint, program: &Program) -> Ch
         &format!("{} egress", ep.id),
         &ep.egress,
         program,
+        true,
     )
 }
 
@@ -279,6 +296,7 @@ fn to_endpoint_chain(iface: &str, ep: &LocalEndpoint, program: &Program) -> Chai
         &format!("{} ingress", ep.id),
         &ep.ingress,
         program,
+        true,
     )
 }
 
@@ -329,7 +347,326 @@ fn policy_name(policy: &PolicyRef) -> String {
     }
 }
 
-fn forward_chain() -> Chain {
+/// The chains whose rules depend on the program's settings, on which workload interfaces do
+/// not start with [`WORKLOAD_INTERFACE_PREFIX`] and on the host endpoints: the base chains,
+/// the dispatch chains, and with host endpoints the failsafe chains and theirs (a few, and
+/// not shared).
+fn static_chains(program: &Program, family: AddressFamily) -> Vec<Chain> {
+    let mut chains = vec![
+        forward_chain(program),
+        input_chain(program, family),
+        output_chain(program, family),
+        dispatch_chain(FROM_WORKLOAD_DISPATCH, "iifname", FROM_WORKLOAD_MAP),
+        dispatch_chain(TO_WORKLOAD_DISPATCH, "oifname", TO_WORKLOAD_MAP),
+        workload_to_host_chain(program, family),
+    ];
+    if let Some(exemptions) = &program.exemptions {
+        chains.push(failsafe_chain(
+            FAILSAFE_IN,
+            &exemptions.failsafe_inbound,
+            Side::Source,
+            family,
+        ));
+        chains.push(failsafe_chain(
+            FAILSAFE_OUT,
+            &exemptions.failsafe_outbound,
+            Side::Destination,
+            family,
+        ));
+    }
+    for (iface, hep) in &program.host_endpoints {
+        chains.extend(host_endpoint_chains(iface, hep, program));
+    }
+    chains
+}
+
+/// The host endpoint dispatch maps, with host endpoints: to the chains of the endpoint traffic
+/// to the node arrives through (`from-hep`) or traffic from it leaves through (`to-hep`), and
+/// of those whose forwarded traffic has policy (`from-hep-fw`, `to-hep-fw`, when some has).
+/// Their elements `jump`, so that the base chain goes on once the endpoint's chain returns.
+fn host_maps(program: &Program) -> Vec<InterfaceMap> {
+    if program.host_endpoints.is_empty() {
+        return Vec::new();
+    }
+    let map = |name: &str, prefix: &str, used: &dyn Fn(&LocalHostEndpoint) -> bool| InterfaceMap {
+        name: name.to_owned(),
+        elements: program
+            .host_endpoints
+            .iter()
+            .filter(|(_, hep)| used(hep))
+            .map(|(iface, _)| (iface.clone(), format!("jump {prefix}{iface}")))
+            .collect(),
+    };
+    let forward = [
+        map(FROM_HOST_FORWARD_MAP, "fhfw-", &|h| {
+            !h.forward_ingress.tiers.is_empty()
+        }),
+        map(TO_HOST_FORWARD_MAP, "thfw-", &|h| {
+            !h.forward_egress.tiers.is_empty()
+        }),
+    ];
+    let mut maps = vec![
+        map(FROM_HOST_MAP, "fh-", &|_| true),
+        map(TO_HOST_MAP, "th-", &|_| true),
+    ];
+    maps.extend(forward.into_iter().filter(|m| !m.elements.is_empty()));
+    maps
+}
+
+/// The chains of one host endpoint: `fh-<iface>` and `th-<iface>` (traffic to and from the
+/// node: conntrack invalid dropped, the failsafe ports, then the pipeline, which drops what
+/// it does not allow), and `fhfw-<iface>` and `thfw-<iface>` when forwarded traffic has
+/// policy (the `applyOnForward` tiers; a packet they let through goes on).
+fn host_endpoint_chains(iface: &str, hep: &LocalHostEndpoint, program: &Program) -> Vec<Chain> {
+    let what = |direction: &str| format!("host endpoint {} {direction}", hep.name);
+    let local = |name: String, direction: &str, failsafe: &str, pipeline: &Pipeline| {
+        let mut chain = endpoint_chain(name, &what(direction), pipeline, program, true);
+        chain.rules.splice(
+            0..0,
+            [
+                Rule::new("ct state invalid counter drop", "conntrack invalid"),
+                Rule::new(format!("counter jump {failsafe}"), "failsafe ports"),
+            ],
+        );
+        chain
+    };
+    let mut chains = vec![
+        local(format!("fh-{iface}"), "ingress", FAILSAFE_IN, &hep.ingress),
+        local(format!("th-{iface}"), "egress", FAILSAFE_OUT, &hep.egress),
+    ];
+    for (prefix, direction, pipeline) in [
+        ("fhfw-", "forwarded ingress", &hep.forward_ingress),
+        ("thfw-", "forwarded egress", &hep.forward_egress),
+    ] {
+        if !pipeline.tiers.is_empty() {
+            let name = format!("{prefix}{iface}");
+            chains.push(endpoint_chain(
+                name,
+                &what(direction),
+                pipeline,
+                program,
+                false,
+            ));
+        }
+    }
+    chains
+}
+
+/// `failsafe-in` / `failsafe-out`: accepts packets to a failsafe port, from (`Side::Source`)
+/// or to (`Side::Destination`) its `net` when it has one. A port whose net is of the other
+/// family has no rule in this family's table, as in Felix.
+fn failsafe_chain(name: &str, ports: &[ProtoPort], remote: Side, family: AddressFamily) -> Chain {
+    let rules = ports
+        .iter()
+        .filter(|p| p.net.is_none_or(|net| family.holds(net.addr())))
+        .map(|p| {
+            let net = p.net.map_or_else(String::new, |net| {
+                format!("{} {} {} ", family.keyword(), remote.addr(), net.trunc())
+            });
+            let protocol = match p.protocol {
+                PortProtocol::Tcp => 6,
+                PortProtocol::Udp => 17,
+                PortProtocol::Sctp => 132,
+            };
+            Rule::new(
+                format!(
+                    "{net}meta l4proto {protocol} th dport {} counter accept",
+                    p.port
+                ),
+                format!("failsafe: {} {}", p.protocol, p.port),
+            )
+        })
+        .collect();
+    Chain {
+        name: name.to_owned(),
+        base: None,
+        rules,
+    }
+}
+
+/// With host endpoints: the overlay between the nodes (VXLAN to the configured port, and in
+/// IPv4 IPIP) from (`Side::Source`) or to (`Side::Destination`) the cluster's nodes, which
+/// host endpoint policy must not cut.
+fn overlay_rules(program: &Program, remote: Side, family: AddressFamily) -> Vec<Rule> {
+    let Some(exemptions) = &program.exemptions else {
+        return Vec::new();
+    };
+    let nodes = format!("{} {} @{HOSTS_SET}", family.keyword(), remote.addr());
+    let mut rules = vec![Rule::new(
+        format!("udp dport {} {nodes} counter accept", exemptions.vxlan_port),
+        "VXLAN between the cluster's nodes: not subject to host endpoint policy",
+    )];
+    if family == AddressFamily::Ipv4 {
+        rules.push(Rule::new(
+            format!("meta l4proto 4 {nodes} counter accept"),
+            "IPIP between the cluster's nodes: not subject to host endpoint policy",
+        ));
+    }
+    rules
+}
+
+/// The conditions that match a workload interface on `key` (`iifname`, `oifname`): the
+/// [`WORKLOAD_INTERFACE_PREFIX`] wildcard, and the endpoint interfaces that do not start
+/// with it (whose packets the dispatch maps take as well).
+fn workload_interfaces(program: &Program, key: &str) -> Vec<String> {
+    let mut conditions = vec![format!("{key} \"{WORKLOAD_INTERFACE_PREFIX}*\"")];
+    let others: Vec<String> = program
+        .endpoints
+        .keys()
+        .filter(|iface| !iface.starts_with(WORKLOAD_INTERFACE_PREFIX))
+        .map(|iface| format!("\"{iface}\""))
+        .collect();
+    if !others.is_empty() {
+        conditions.push(format!("{key} {{ {} }}", others.join(", ")));
+    }
+    conditions
+}
+
+/// `input` (hook input): what workloads send to this node goes to [`WORKLOAD_TO_HOST`];
+/// with host endpoints, the rest meets the policy of the one it arrives through.
+fn input_chain(program: &Program, family: AddressFamily) -> Chain {
+    let mut rules = vec![Rule::new(
+        "ct state established,related counter accept",
+        "replies and related traffic of allowed connections",
+    )];
+    for condition in workload_interfaces(program, "iifname") {
+        rules.push(Rule::new(
+            format!("{condition} counter goto {WORKLOAD_TO_HOST}"),
+            "from a workload to this host",
+        ));
+    }
+    if !program.host_endpoints.is_empty() {
+        rules.extend(overlay_rules(program, Side::Source, family));
+        rules.push(Rule::new(
+            format!("counter iifname vmap @{FROM_HOST_MAP}"),
+            "ingress policy of the host endpoint it arrives through",
+        ));
+    }
+    Chain {
+        name: "input".into(),
+        base: Some(BaseChain {
+            kind: ChainType::Filter,
+            hook: Hook::Input,
+            priority: Priority::new(NamedPriority::Filter, 0),
+            policy: Policy::Accept,
+        }),
+        rules,
+    }
+}
+
+/// `output` (hook output): this node's traffic to its workloads is not policed, as in
+/// Calico (kubelet's probes, for one, come this way); with host endpoints, the rest meets the
+/// policy of the one it leaves through.
+fn output_chain(program: &Program, family: AddressFamily) -> Chain {
+    let mut rules: Vec<Rule> = workload_interfaces(program, "oifname")
+        .into_iter()
+        .map(|condition| {
+            Rule::new(
+                format!("{condition} counter return"),
+                "from this host to a workload: allowed without policy",
+            )
+        })
+        .collect();
+    if !program.host_endpoints.is_empty() {
+        rules.push(Rule::new(
+            "ct state established,related counter accept",
+            "replies and related traffic of allowed connections",
+        ));
+        rules.extend(overlay_rules(program, Side::Destination, family));
+        rules.push(Rule::new(
+            format!("counter oifname vmap @{TO_HOST_MAP}"),
+            "egress policy of the host endpoint it leaves through",
+        ));
+    }
+    Chain {
+        name: "output".into(),
+        base: Some(BaseChain {
+            kind: ChainType::Filter,
+            hook: Hook::Output,
+            priority: Priority::new(NamedPriority::Filter, 0),
+            policy: Policy::Accept,
+        }),
+        rules,
+    }
+}
+
+/// Felix's ICMPv6 types a workload may always send to its host, before its egress policy: the
+/// host is its router, and these are how it finds it (multicast listener query, report and
+/// done; router solicitation; neighbour solicitation and advertisement).
+const ICMPV6_TO_HOST: [u8; 6] = [130, 131, 132, 133, 135, 136];
+
+/// `wl-to-host`: the workload's egress policy (through the dispatch chain, whose endpoint
+/// chain returns when it allows), then the node's `defaultEndpointToHostAction`.
+fn workload_to_host_chain(program: &Program, family: AddressFamily) -> Chain {
+    let mut rules = vec![Rule::new(
+        "ct state invalid counter drop",
+        "conntrack invalid",
+    )];
+    if family == AddressFamily::Ipv6 {
+        let types: Vec<String> = ICMPV6_TO_HOST.iter().map(u8::to_string).collect();
+        rules.push(Rule::new(
+            format!("icmpv6 type {{ {} }} counter accept", types.join(", ")),
+            "neighbour discovery, router solicitation and multicast listeners: the host is the \
+             workload's router",
+        ));
+    }
+    rules.push(Rule::new(
+        format!("counter jump {FROM_WORKLOAD_DISPATCH}"),
+        "egress policy of the source workload",
+    ));
+    let verdict = match program.endpoint_to_host {
+        EndpointToHostAction::Drop => "drop",
+        EndpointToHostAction::Accept => "accept",
+        EndpointToHostAction::Return => "return",
+    };
+    rules.push(Rule::new(
+        format!("counter {verdict}"),
+        format!(
+            "configured DefaultEndpointToHostAction: {}",
+            program.endpoint_to_host
+        ),
+    ));
+    Chain {
+        name: WORKLOAD_TO_HOST.into(),
+        base: None,
+        rules,
+    }
+}
+
+/// `forward` (hook forward): the source workload's egress policy, then the destination's
+/// ingress policy; with host endpoints, before them the `applyOnForward` ingress policy of the
+/// one the packet arrives through, and after them the egress policy of the one it leaves
+/// through (Felix's `cali-from-hep-forward` and `cali-to-hep-forward`).
+fn forward_chain(program: &Program) -> Chain {
+    let maps = host_maps(program);
+    let used = |name: &str| maps.iter().any(|m| m.name == name);
+    let mut rules = vec![
+        Rule::new(
+            "ct state established,related counter accept",
+            "replies and related traffic of allowed connections",
+        ),
+        Rule::new("ct state invalid counter drop", "conntrack invalid"),
+    ];
+    if used(FROM_HOST_FORWARD_MAP) {
+        rules.push(Rule::new(
+            format!("counter iifname vmap @{FROM_HOST_FORWARD_MAP}"),
+            "applyOnForward ingress policy of the host endpoint it arrives through",
+        ));
+    }
+    rules.push(Rule::new(
+        format!("counter jump {FROM_WORKLOAD_DISPATCH}"),
+        "egress policy of the source workload",
+    ));
+    rules.push(Rule::new(
+        format!("counter jump {TO_WORKLOAD_DISPATCH}"),
+        "ingress policy of the destination workload",
+    ));
+    if used(TO_HOST_FORWARD_MAP) {
+        rules.push(Rule::new(
+            format!("counter oifname vmap @{TO_HOST_FORWARD_MAP}"),
+            "applyOnForward egress policy of the host endpoint it leaves through",
+        ));
+    }
     Chain {
         name: "forward".into(),
         base: Some(BaseChain {
@@ -338,21 +675,7 @@ fn forward_chain() -> Chain {
             priority: Priority::new(NamedPriority::Filter, 0),
             policy: Policy::Accept,
         }),
-        rules: vec![
-            Rule::new(
-                "ct state established,related counter accept",
-                "replies and related traffic of allowed connections",
-            ),
-            Rule::new("ct state invalid counter drop", "conntrack invalid"),
-            Rule::new(
-                format!("counter jump {FROM_WORKLOAD_DISPATCH}"),
-                "egress policy of the source workload",
-            ),
-            Rule::new(
-                format!("counter jump {TO_WORKLOAD_DISPATCH}"),
-                "ingress policy of the destination workload",
-            ),
-        ],
+        rules,
     }
 }
 
@@ -391,7 +714,16 @@ fn clear_marks(bits: u32) -> String {
     format!("meta mark set meta mark & {:#010x}", !bits)
 }
 
-fn endpoint_chain(name: String, what: &str, pipeline: &Pipeline, program: &Program) -> Chain {
+/// An endpoint chain walking `pipeline`. With `last`, it ends with the profiles and drops what
+/// none accepted; without (a host endpoint's forwarded traffic, which has no profiles), what
+/// its tiers let through goes on.
+fn endpoint_chain(
+    name: String,
+    what: &str,
+    pipeline: &Pipeline,
+    program: &Program,
+    last: bool,
+) -> Chain {
     let mut rules = vec![Rule::new(
         format!("counter {}", clear_marks(MARK_ACCEPT | MARK_PASS)),
         format!("{what}: clear the accept and pass marks"),
@@ -440,7 +772,9 @@ fn endpoint_chain(name: String, what: &str, pipeline: &Pipeline, program: &Progr
             "return if profile accepted",
         ));
     }
-    rules.push(Rule::new("counter drop", "drop if no profiles matched"));
+    if last {
+        rules.push(Rule::new("counter drop", "drop if no profiles matched"));
+    }
     Chain {
         name,
         base: None,

@@ -15,7 +15,7 @@ use margay_nft::{remove_all, Applier, NftCommand, NftRunner, NodeRules};
 use margay_policy::program::program;
 use margay_testkit::fixture::{self, golden_node1};
 use margay_testkit::netns::TestNs;
-use margay_testkit::pods::{PodNetwork, PORTS};
+use margay_testkit::pods::{self, PodNetwork, PORTS};
 
 macro_rules! require_root_and_nft {
     () => {
@@ -470,4 +470,160 @@ fn policy_decides_as_the_engine_predicts() {
     net.assert_engine_agrees(&cluster, |i, j, port| {
         packets(&net.pods[j].ns, &format!("c{i}_{port}")) > 0
     });
+}
+
+/// The same pods try the node itself: with Calico's default (Drop) nothing arrives; with
+/// `defaultEndpointToHostAction: Accept`, exactly what each pod's egress policy allows (and
+/// nothing from the unknown interface).
+#[test]
+fn workloads_reach_their_node_as_the_engine_predicts() {
+    require_root_and_nft!();
+    let host: std::net::IpAddr = fixture::NODE1_ADDRESS.parse().unwrap();
+    let drop = fixture::golden_cluster();
+    let accept = fixture::cluster(&(fixture::golden_yaml() + fixture::NODE1_ACCEPTS_WORKLOADS));
+    let net = PodNetwork::wire(PREFIX, &program(&drop, "node1"));
+    net.node.ip(&format!("addr add {host}/32 dev lo"));
+    // What gets through Margay's input chain (priority filter), by source and port.
+    let mut table = String::from("table inet obs {\n");
+    let mut rules = String::new();
+    for (i, src) in net.pods.iter().enumerate() {
+        for port in PORTS {
+            table += &format!("counter c{i}_{port} {{}}\n");
+            rules += &format!(
+                "ip saddr {} tcp dport {port} tcp flags syn counter name c{i}_{port}\n",
+                src.ip
+            );
+        }
+    }
+    table += &format!(
+        "chain input {{\ntype filter hook input priority filter + 10; policy accept;\n{rules}}}\n}}\n"
+    );
+    net.node.nft().run(&table).unwrap();
+
+    for (cluster, allows) in [(&drop, false), (&accept, true)] {
+        let node1 = program(cluster, "node1");
+        for (family, _) in FAMILIES {
+            net.node.nft().run(&policy::render(&node1, family)).unwrap();
+        }
+        net.node
+            .nft()
+            .run("reset counters table inet obs\n")
+            .unwrap();
+        net.connect_to_host(host);
+        let allowed = net.assert_engine_agrees_to_host(cluster, host, |i, port| {
+            packets(&net.node, &format!("c{i}_{port}")) > 0
+        });
+        assert_eq!(allowed > 0, allows, "{allowed} allowed");
+    }
+}
+
+/// node1's eth0 is a host endpoint, with a namespace outside it: what the outside sends the
+/// node, and the node the outside, passes exactly as the engine says (failsafe ports, the
+/// policies selecting it, and the drop at their tier's end), and what the node would forward
+/// from the outside to its pods is dropped by the applyOnForward policy (which lets only
+/// 198.18.0.0/24 in).
+#[test]
+fn host_endpoint_policy_decides_as_the_engine_predicts() {
+    require_root_and_nft!();
+    let cluster = fixture::cluster(&(fixture::golden_yaml() + fixture::NODE1_OUTSIDE_POLICY));
+    let node1 = program(&cluster, "node1");
+    let net = PodNetwork::wire(PREFIX, &node1);
+    let node_ip = fixture::NODE1_ADDRESS.parse().unwrap();
+    let outside = net.outside("eth0", node_ip, "192.0.2.50".parse().unwrap());
+    for (family, _) in FAMILIES {
+        net.node.nft().run(&policy::render(&node1, family)).unwrap();
+    }
+    // The outside counts the node's SYNs (what got out) and resets (what got in), by port;
+    // each pod the outside's SYNs (what the node forwarded).
+    let observe = |ns: &TestNs, counted: &[(String, String)]| {
+        let mut table = String::from("table inet obs {\n");
+        let mut rules = String::new();
+        for (name, matches) in counted {
+            table += &format!("counter {name} {{}}\n");
+            rules += &format!("{matches} counter name {name}\n");
+        }
+        table += &format!(
+            "chain input {{\ntype filter hook input priority filter; policy accept;\n{rules}}}\n}}\n"
+        );
+        ns.nft().run(&table).unwrap();
+    };
+    let mut counted = Vec::new();
+    for port in PORTS {
+        counted.push((
+            format!("syn{port}"),
+            format!("ip saddr {node_ip} tcp dport {port} tcp flags syn"),
+        ));
+        counted.push((
+            format!("rst{port}"),
+            format!("ip saddr {node_ip} tcp sport {port} tcp flags rst"),
+        ));
+    }
+    observe(&outside.ns, &counted);
+    let forwarded: Vec<(String, String)> = PORTS
+        .iter()
+        .map(|port| {
+            let matches = format!("ip saddr {} tcp dport {port}", outside.ip);
+            (format!("fwd{port}"), matches)
+        })
+        .collect();
+    for pod in &net.pods {
+        observe(&pod.ns, &forwarded);
+    }
+
+    pods::connect(&outside.ns, node_ip);
+    pods::connect(&net.node, outside.ip);
+    for pod in &net.pods {
+        pods::connect(&outside.ns, pod.ip);
+    }
+    let (inward, outward) = pods::assert_engine_agrees_through_host_endpoint(
+        &cluster,
+        &outside,
+        |port| packets(&outside.ns, &format!("rst{port}")) > 0,
+        |port| packets(&outside.ns, &format!("syn{port}")) > 0,
+    );
+    assert!(inward > 0 && outward > 0 && inward < PORTS.len() && outward < PORTS.len());
+    for pod in &net.pods {
+        for port in PORTS {
+            assert_eq!(
+                packets(&pod.ns, &format!("fwd{port}")),
+                0,
+                "{} {port}",
+                pod.ip
+            );
+        }
+    }
+
+    // Without the applyOnForward policy, forwarded traffic meets only the pods' own policy.
+    let yaml = fixture::golden_yaml().replace("applyOnForward: true", "applyOnForward: false");
+    let open = fixture::cluster(&(yaml + fixture::NODE1_OUTSIDE_POLICY));
+    let node1 = program(&open, "node1");
+    assert!(node1.host_endpoints["eth0"]
+        .forward_ingress
+        .tiers
+        .is_empty());
+    for (family, _) in FAMILIES {
+        net.node.nft().run(&policy::render(&node1, family)).unwrap();
+    }
+    for pod in &net.pods {
+        pods::connect(&outside.ns, pod.ip);
+    }
+    let mut arrived = 0;
+    for pod in net.pods.iter().filter(|p| p.id.is_some()) {
+        for port in PORTS {
+            let packet = margay_policy::Packet {
+                from: margay_policy::Peer::Ip(outside.ip),
+                to: margay_policy::Peer::Endpoint(pod.id.clone().unwrap()),
+                transport: margay_policy::Transport::Ports {
+                    protocol: margay_policy::Protocol::Tcp,
+                    port,
+                    source_port: None,
+                },
+            };
+            let allowed = margay_policy::evaluate(&open, &packet).allowed;
+            let got = packets(&pod.ns, &format!("fwd{port}")) > 0;
+            assert_eq!(got, allowed, "{} {port}", pod.ip);
+            arrived += usize::from(got);
+        }
+    }
+    assert!(arrived > 0);
 }

@@ -7,10 +7,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use margay_api::{
-    GlobalNetworkPolicy, GlobalNetworkSet, Kind, KubernetesNetworkPolicy, Namespace, NetworkPolicy,
-    NetworkSet, Pod, PolicyType, PortProtocol, Profile, Resource, Tier, TierDefaultAction,
-    WorkloadEndpoint, DEFAULT_TIER, DEFAULT_TIER_ORDER, KUBE_ADMIN_TIER, KUBE_ADMIN_TIER_ORDER,
-    KUBE_BASELINE_TIER, KUBE_BASELINE_TIER_ORDER,
+    AgentConfiguration, EndpointToHostAction, GlobalNetworkPolicy, GlobalNetworkSet,
+    HostEndpoint as HostEndpointResource, Kind, KubernetesNetworkPolicy, Namespace, NetworkPolicy,
+    NetworkSet, Node, Pod, PolicyType, PortProtocol, Profile, ProtoPort, Resource, Tier,
+    TierDefaultAction, WorkloadEndpoint, DEFAULT_CONFIG_NAME, DEFAULT_TIER, DEFAULT_TIER_ORDER,
+    KUBE_ADMIN_TIER, KUBE_ADMIN_TIER_ORDER, KUBE_BASELINE_TIER, KUBE_BASELINE_TIER_ORDER,
 };
 use margay_selector::Expr;
 use serde::Serialize;
@@ -74,12 +75,99 @@ pub struct Endpoint {
     pub interface: Option<String>,
 }
 
+/// A host endpoint: one named interface of one node, and the policy its traffic to and from
+/// the node meets (Calico's HostEndpoint).
+///
+/// Only host endpoints naming their interface are used: `interfaceName: "*"` (every
+/// interface) and an endpoint found by its `expectedIPs` alone are not supported yet, and are
+/// left out as bad policies are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostEndpoint {
+    pub name: String,
+    pub node: String,
+    pub interface: String,
+    /// `expectedIPs`: rule selectors that select the endpoint match these addresses, and a
+    /// packet to or from one of them is taken to cross its interface.
+    pub ips: Vec<IpAddr>,
+    /// What selectors see: its labels, and the labels its profiles apply (their own labels
+    /// win).
+    pub selector_labels: BTreeMap<String, String>,
+    /// Applied in order after policy, as a workload's.
+    pub profiles: Vec<String>,
+}
+
 /// A container port with a name, which rules can match by that name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NamedPort {
     pub name: String,
     pub protocol: Protocol,
     pub port: u16,
+}
+
+/// What a node's effective AgentConfiguration (`node.<name>` over `default` over Calico's
+/// defaults) says about traffic to and from the node itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostSettings {
+    /// `defaultEndpointToHostAction`: what happens to traffic from a local workload to the
+    /// node, after the workload's egress policy.
+    pub endpoint_to_host: EndpointToHostAction,
+    /// `failsafeInboundHostPorts`: allowed to the node through a host endpoint before any
+    /// host endpoint policy.
+    pub failsafe_inbound: Vec<ProtoPort>,
+    /// `failsafeOutboundHostPorts`: allowed from the node through a host endpoint before any
+    /// host endpoint policy.
+    pub failsafe_outbound: Vec<ProtoPort>,
+    /// `vxlanPort`: VXLAN between nodes is exempt from host endpoint policy.
+    pub vxlan_port: u16,
+}
+
+impl HostSettings {
+    pub fn of(config: &margay_api::AgentConfigurationSpec) -> HostSettings {
+        HostSettings {
+            endpoint_to_host: config.default_endpoint_to_host_action(),
+            failsafe_inbound: config.failsafe_inbound_host_ports(),
+            failsafe_outbound: config.failsafe_outbound_host_ports(),
+            vxlan_port: config.vxlan_port(),
+        }
+    }
+}
+
+/// A node's addresses, from its Node resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeAddresses {
+    /// `spec.bgp.ipv4Address` and `ipv6Address`: where its overlay packets come from.
+    pub underlay: Vec<IpAddr>,
+    /// Every address the node answers on: the above, `spec.addresses`, and its VXLAN and
+    /// IPIP tunnel addresses.
+    pub all: Vec<IpAddr>,
+}
+
+impl NodeAddresses {
+    fn of(node: &Node) -> NodeAddresses {
+        let bgp = node.spec.bgp.as_ref();
+        let underlay: Vec<IpAddr> = [node.ipv4_address(), node.ipv6_address()]
+            .into_iter()
+            .flatten()
+            .map(|a| a.addr())
+            .collect();
+        let mut all = underlay.clone();
+        let others = node
+            .spec
+            .addresses
+            .iter()
+            .map(|a| a.address.addr())
+            .chain(node.spec.ipv4_vxlan_tunnel_addr.map(IpAddr::from))
+            .chain(node.spec.ipv6_vxlan_tunnel_addr.map(IpAddr::from))
+            .chain(bgp.and_then(|b| b.ipv4_ipip_tunnel_addr).map(IpAddr::from));
+        for ip in others {
+            if !all.contains(&ip) {
+                all.push(ip);
+            }
+        }
+        NodeAddresses { underlay, all }
+    }
 }
 
 /// What a rule selector stands for, as Felix programs it into an IP set: the endpoints it
@@ -145,6 +233,20 @@ pub struct Cluster {
     pub(crate) chains: Vec<[Vec<TierChain>; 2]>,
     /// Per endpoint: indices into `profiles`, in the endpoint's order.
     pub(crate) endpoint_profiles: Vec<Vec<usize>>,
+    /// The host endpoints used, sorted by name.
+    pub(crate) host_endpoints: Vec<HostEndpoint>,
+    /// Per host endpoint: `[ingress, egress]` chains of every policy selecting it, tiers in
+    /// order (what traffic to and from the node through it meets).
+    pub(crate) host_chains: Vec<[Vec<TierChain>; 2]>,
+    /// Per host endpoint: the same of the `applyOnForward` policies only (what traffic the
+    /// node forwards through it meets).
+    pub(crate) host_forward_chains: Vec<[Vec<TierChain>; 2]>,
+    /// Per host endpoint: indices into `profiles`, in its order.
+    pub(crate) host_profiles: Vec<Vec<usize>>,
+    /// The nodes' addresses, by node name.
+    pub(crate) nodes: BTreeMap<String, NodeAddresses>,
+    /// The AgentConfigurations, by name (`default`, `node.<name>`), with their defaults.
+    pub(crate) configs: BTreeMap<String, AgentConfiguration>,
 }
 
 /// Index of a direction in [`Cluster::chains`].
@@ -168,6 +270,9 @@ pub(crate) struct Inputs<'r> {
     pub profiles: Vec<&'r Profile>,
     pub network_sets: Vec<&'r NetworkSet>,
     pub global_network_sets: Vec<&'r GlobalNetworkSet>,
+    pub nodes: Vec<&'r Node>,
+    pub configs: Vec<&'r AgentConfiguration>,
+    pub host_endpoints: Vec<&'r HostEndpointResource>,
 }
 
 impl<'r> Inputs<'r> {
@@ -186,6 +291,9 @@ impl<'r> Inputs<'r> {
                 Resource::Profile(o) => inputs.profiles.push(o),
                 Resource::NetworkSet(o) => inputs.network_sets.push(o),
                 Resource::GlobalNetworkSet(o) => inputs.global_network_sets.push(o),
+                Resource::Node(o) => inputs.nodes.push(o),
+                Resource::AgentConfiguration(o) => inputs.configs.push(o),
+                Resource::HostEndpoint(o) => inputs.host_endpoints.push(o),
                 _ => {}
             }
         }
@@ -228,8 +336,10 @@ impl Cluster {
     /// ports including named ones, addresses from `status.podIPs[].ip` / `status.podIP`),
     /// WorkloadEndpoints (as stored by the CNI plugin: labels, `ipNetworks`, ports,
     /// profiles), Kubernetes NetworkPolicies, NetworkPolicies, GlobalNetworkPolicies, Tiers,
-    /// Profiles, NetworkSets and GlobalNetworkSets. Other kinds are ignored. Each resource
-    /// gets its kind's defaults first, so resources built in code behave like decoded ones.
+    /// Profiles, NetworkSets, GlobalNetworkSets, HostEndpoints, Nodes (their addresses) and
+    /// AgentConfigurations (each node's `defaultEndpointToHostAction`, failsafe ports and
+    /// VXLAN port). Other kinds are ignored. Each resource gets its kind's defaults first, so
+    /// resources built in code behave like decoded ones.
     ///
     /// A namespace that endpoints use but no Namespace resource describes is taken to have
     /// only its `kubernetes.io/metadata.name` label. The `default` tier exists implicitly
@@ -241,10 +351,9 @@ impl Cluster {
     ///
     /// Naming the resource: a resource given twice, a selector that does not parse, a
     /// policy in a tier that does not exist, and what the engine does not implement yet:
-    /// `doNotTrack` and `preDNAT` policies, and rules matching Kubernetes `services` (the
-    /// Service and EndpointSlice objects they need are not read). `applyOnForward` is
-    /// accepted: it only changes how policy applies to host endpoints, which are not modelled
-    /// yet.
+    /// `doNotTrack` and `preDNAT` policies, rules matching Kubernetes `services` (the
+    /// Service and EndpointSlice objects they need are not read), and host endpoints for
+    /// every interface (`interfaceName: "*"`) or without `interfaceName`.
     pub fn from_resources(
         resources: impl IntoIterator<Item = Resource>,
     ) -> Result<Cluster, PolicyError> {
@@ -253,7 +362,7 @@ impl Cluster {
 
     /// Like [`Cluster::from_resources`], except that a policy the engine cannot use (a
     /// selector that does not parse, a tier that does not exist, a feature not supported
-    /// yet, an invalid port) is left out, as if it were not stored, instead of failing the
+    /// yet, an invalid port), or a host endpoint of a kind not supported yet, is left out, as if it were not stored, instead of failing the
     /// whole cluster; each one left out is returned with its error. This is what a dataplane
     /// enforces: one bad policy is skipped, not fatal, and the rest stay enforced.
     ///
@@ -297,8 +406,23 @@ impl Cluster {
             &namespaces,
             &explicit_profiles,
         );
+        // Reported after the policies' compile errors, as a Model orders them.
+        let mut hosts_left_out = Vec::new();
+        let mut host_endpoints = Vec::new();
+        for hep in &inputs.host_endpoints {
+            match build_host_endpoint(hep, &namespaces, &explicit_profiles) {
+                Ok(h) => host_endpoints.push(h),
+                Err(error) if skip_bad_policies => hosts_left_out.push(LeftOut {
+                    key: ResourceKey::of(Kind::HostEndpoint, &hep.metadata),
+                    stage: Stage::Compile,
+                    error,
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        host_endpoints.sort_by(|a, b| a.name.cmp(&b.name));
 
-        let mut builder = compile::Builder::new(&endpoints, &network_sets);
+        let mut builder = compile::Builder::new(&endpoints, &network_sets, &host_endpoints);
         let mut left_out = Vec::new();
         let mut keep = |key: ResourceKey,
                         compiled: Result<CompiledPolicy, PolicyError>|
@@ -329,6 +453,7 @@ impl Cluster {
             let key = ResourceKey::of(Kind::GlobalNetworkPolicy, &gnp.metadata);
             policies.extend(keep(key, builder.global_network_policy(gnp))?);
         }
+        left_out.append(&mut hosts_left_out);
         let referenced: HashSet<&str> = policies.iter().map(|p| p.tier_name.as_str()).collect();
         let tiers = build_tiers(&inputs.tiers, &referenced);
         let tier_index: HashMap<&str, usize> = tiers
@@ -369,11 +494,13 @@ impl Cluster {
         }
         let mut given: HashSet<&str> = HashSet::new();
         given.extend(inputs.profiles.iter().map(|p| p.metadata.name.as_str()));
-        for ep in &endpoints {
-            for name in &ep.profiles {
-                if given.insert(name) {
-                    profiles.push(CompiledProfile::calico_default(name));
-                }
+        let used = endpoints
+            .iter()
+            .flat_map(|ep| &ep.profiles)
+            .chain(host_endpoints.iter().flat_map(|h| &h.profiles));
+        for name in used {
+            if given.insert(name) {
+                profiles.push(CompiledProfile::calico_default(name));
             }
         }
         // The profiles sorted by name; each endpoint uses the last of a name (one given
@@ -381,7 +508,11 @@ impl Cluster {
         profiles.sort_by(|a, b| a.name.cmp(&b.name));
         let endpoint_profiles = endpoints
             .iter()
-            .map(|ep| profile_indices(&profiles, ep))
+            .map(|ep| profile_indices(&profiles, &ep.profiles))
+            .collect();
+        let host_profiles = host_endpoints
+            .iter()
+            .map(|h| profile_indices(&profiles, &h.profiles))
             .collect();
 
         let chains = endpoints
@@ -401,7 +532,14 @@ impl Cluster {
             network_sets,
             chains,
             endpoint_profiles,
+            host_chains: Vec::new(),
+            host_forward_chains: Vec::new(),
+            host_profiles,
+            host_endpoints,
+            nodes: node_addresses(&inputs.nodes),
+            configs: agent_configs(&inputs.configs),
         };
+        cluster.host_endpoint_chains();
         cluster.canonicalize_sets();
         Ok(Built { cluster, left_out })
     }
@@ -424,6 +562,49 @@ impl Cluster {
     /// or goes (addresses are not spoofed past Calico's RPF checks).
     pub(crate) fn endpoint_with_ip(&self, ip: IpAddr) -> Option<usize> {
         self.by_ip.get(&ip).copied()
+    }
+
+    /// What node `node`'s AgentConfiguration says about its own traffic: `node.<node>` over
+    /// `default` over Calico's defaults, as the node's agent reads it.
+    pub fn host_settings(&self, node: &str) -> HostSettings {
+        let global = self.configs.get(DEFAULT_CONFIG_NAME);
+        let mine = self.configs.get(&margay_api::node_config_name(node));
+        HostSettings::of(&AgentConfiguration::effective(global, mine))
+    }
+
+    /// The host endpoints used (those naming an interface), sorted by name.
+    pub fn host_endpoints(&self) -> &[HostEndpoint] {
+        &self.host_endpoints
+    }
+
+    /// The host endpoint whose `expectedIPs` hold `ip` (the first by name).
+    pub(crate) fn host_endpoint_with_ip(&self, ip: IpAddr) -> Option<usize> {
+        self.host_endpoints.iter().position(|h| h.ips.contains(&ip))
+    }
+
+    /// Which policies each host endpoint meets, from the policies and its labels: after the
+    /// policies changed.
+    pub(crate) fn host_endpoint_chains(&mut self) {
+        let (chains, forward) = self
+            .host_endpoints
+            .iter()
+            .map(|h| {
+                (
+                    endpoint_chains(&self.policies, &h.selector_labels),
+                    forward_chains(&self.policies, &h.selector_labels),
+                )
+            })
+            .unzip();
+        self.host_chains = chains;
+        self.host_forward_chains = forward;
+    }
+
+    /// The node one of whose addresses `ip` is.
+    pub(crate) fn node_with_ip(&self, ip: IpAddr) -> Option<&str> {
+        self.nodes
+            .iter()
+            .find(|(_, addresses)| addresses.all.contains(&ip))
+            .map(|(name, _)| name.as_str())
     }
 
     /// Keeps only the sets some rule uses, sorted by key, so that a cluster does not depend
@@ -497,8 +678,25 @@ pub(crate) fn endpoint_chains(
     policies: &[CompiledPolicy],
     labels: &BTreeMap<String, String>,
 ) -> [Vec<TierChain>; 2] {
+    chains_of(policies, labels, |_| true)
+}
+
+/// The same of the `applyOnForward` policies only: what traffic a node forwards through a
+/// host endpoint with these labels meets.
+pub(crate) fn forward_chains(
+    policies: &[CompiledPolicy],
+    labels: &BTreeMap<String, String>,
+) -> [Vec<TierChain>; 2] {
+    chains_of(policies, labels, |p| p.apply_on_forward)
+}
+
+fn chains_of(
+    policies: &[CompiledPolicy],
+    labels: &BTreeMap<String, String>,
+    wanted: impl Fn(&CompiledPolicy) -> bool,
+) -> [Vec<TierChain>; 2] {
     let mut chains: [Vec<TierChain>; 2] = [Vec::new(), Vec::new()];
-    for (i, p) in policies.iter().enumerate() {
+    for (i, p) in policies.iter().enumerate().filter(|(_, p)| wanted(p)) {
         let applies = [PolicyType::Ingress, PolicyType::Egress].map(|d| p.applies(d));
         if applies == [false, false] || !p.selector.matches(labels) {
             continue;
@@ -516,10 +714,10 @@ pub(crate) fn endpoint_chains(
     chains
 }
 
-/// The indices (into `profiles`, sorted by name) of an endpoint's profiles: the last
-/// profile of each name.
-pub(crate) fn profile_indices(profiles: &[CompiledProfile], ep: &Endpoint) -> Vec<usize> {
-    ep.profiles
+/// The indices (into `profiles`, sorted by name) of an endpoint's profiles (`names`): the
+/// last profile of each name.
+pub(crate) fn profile_indices(profiles: &[CompiledProfile], names: &[String]) -> Vec<usize> {
+    names
         .iter()
         .map(|name| {
             let end = profiles.partition_point(|p| p.name.as_str() <= name.as_str());
@@ -571,6 +769,9 @@ pub(crate) fn relevant(kind: Kind) -> bool {
             | Kind::Profile
             | Kind::NetworkSet
             | Kind::GlobalNetworkSet
+            | Kind::Node
+            | Kind::AgentConfiguration
+            | Kind::HostEndpoint
     )
 }
 
@@ -596,6 +797,64 @@ fn sort_inputs(
         kept.push(resource);
     }
     Ok(kept)
+}
+
+/// A HostEndpoint as policy sees it, or why it cannot be used yet.
+pub(crate) fn build_host_endpoint(
+    hep: &HostEndpointResource,
+    namespaces: &NamespaceLabels,
+    explicit_profiles: &HashMap<&str, &Profile>,
+) -> Result<HostEndpoint, PolicyError> {
+    let resource = describe(Kind::HostEndpoint, None, &hep.metadata.name);
+    let unsupported = |feature: &str| PolicyError::Unsupported {
+        resource: resource.clone(),
+        feature: feature.to_owned(),
+    };
+    let interface = match hep.spec.interface_name.as_deref() {
+        Some("*") => {
+            return Err(unsupported(
+                "spec.interfaceName \"*\" (a host endpoint for every interface)",
+            ))
+        }
+        Some(iface) => iface.to_owned(),
+        None => {
+            return Err(unsupported(
+                "a host endpoint without spec.interfaceName (found by its expectedIPs)",
+            ))
+        }
+    };
+    let mut selector_labels = hep.metadata.labels.clone();
+    for profile in &hep.spec.profiles {
+        for (k, v) in profile_labels(profile, namespaces, explicit_profiles) {
+            selector_labels.entry(k).or_insert(v);
+        }
+    }
+    Ok(HostEndpoint {
+        name: hep.metadata.name.clone(),
+        node: hep.spec.node.clone(),
+        interface,
+        ips: hep.spec.expected_ips.clone(),
+        selector_labels,
+        profiles: hep.spec.profiles.clone(),
+    })
+}
+
+/// Each node's addresses, by name (the last of a name given twice).
+pub(crate) fn node_addresses(nodes: &[&Node]) -> BTreeMap<String, NodeAddresses> {
+    nodes
+        .iter()
+        .map(|n| (n.metadata.name.clone(), NodeAddresses::of(n)))
+        .collect()
+}
+
+/// The AgentConfigurations by name (the last of a name given twice).
+pub(crate) fn agent_configs(
+    configs: &[&AgentConfiguration],
+) -> BTreeMap<String, AgentConfiguration> {
+    configs
+        .iter()
+        .map(|c| (c.metadata.name.clone(), (*c).clone()))
+        .collect()
 }
 
 /// Namespace name → its labels.

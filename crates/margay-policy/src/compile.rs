@@ -14,14 +14,17 @@ use margay_api::{
 use margay_selector::{Expr, Selector};
 
 use crate::cluster::{
-    and_all, describe, Endpoint, LabelledNets, PeerSet, LABEL_NAMESPACE, LABEL_ORCHESTRATOR,
-    LABEL_SERVICE_ACCOUNT, NAMESPACE_PREFIX, NAMESPACE_PROFILE_PREFIX, SERVICE_ACCOUNT_PREFIX,
+    and_all, describe, Endpoint, HostEndpoint, LabelledNets, PeerSet, LABEL_NAMESPACE,
+    LABEL_ORCHESTRATOR, LABEL_SERVICE_ACCOUNT, NAMESPACE_PREFIX, NAMESPACE_PROFILE_PREFIX,
+    SERVICE_ACCOUNT_PREFIX,
 };
 use crate::eval::{PolicyKind, PolicyRef};
 use crate::{PolicyError, ResourceKey};
 
 /// The prefix Calico's converter gives the policies it makes from Kubernetes ones.
 const KUBERNETES_POLICY_PREFIX: &str = "knp.default.";
+/// The profile Calico provides for host endpoints that should allow what no policy decides.
+pub(crate) const DEFAULT_ALLOW_PROFILE: &str = "projectcalico-default-allow";
 
 /// One end of a rule, resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +75,9 @@ pub(crate) struct CompiledPolicy {
     /// `None` when the policy does not apply in that direction (not in its `types`).
     pub ingress: Option<Vec<CompiledRule>>,
     pub egress: Option<Vec<CompiledRule>>,
+    /// A GlobalNetworkPolicy's `applyOnForward`: it also applies to traffic the node forwards
+    /// through the host endpoints it selects.
+    pub apply_on_forward: bool,
 }
 
 impl CompiledPolicy {
@@ -104,10 +110,11 @@ pub(crate) struct CompiledProfile {
 
 impl CompiledProfile {
     /// What Calico generates when no Profile resource of that name is given: `kns.<ns>`
-    /// allows everything both ways; `ksa.<ns>.<sa>` only carries labels and has no rules;
-    /// any other name has no rules either.
+    /// and `projectcalico-default-allow` (for host endpoints) allow everything both ways;
+    /// `ksa.<ns>.<sa>` only carries labels and has no rules; any other name has no rules
+    /// either.
     pub fn calico_default(name: &str) -> CompiledProfile {
-        let rules = if name.starts_with(NAMESPACE_PROFILE_PREFIX) {
+        let rules = if name.starts_with(NAMESPACE_PROFILE_PREFIX) || name == DEFAULT_ALLOW_PROFILE {
             vec![CompiledRule {
                 action: Action::Allow,
                 origin: "Calico's default: allow everything".to_owned(),
@@ -155,6 +162,7 @@ impl Entity {
 pub(crate) struct Builder<'a> {
     endpoints: &'a [Endpoint],
     network_sets: &'a [LabelledNets],
+    host_endpoints: &'a [HostEndpoint],
     sets: Vec<PeerSet>,
     /// Identical selectors share one set (`PeerSet` is the costly part to build).
     set_index: HashMap<String, usize>,
@@ -168,14 +176,20 @@ struct Context<'r> {
 }
 
 impl<'a> Builder<'a> {
-    pub fn new(endpoints: &'a [Endpoint], network_sets: &'a [LabelledNets]) -> Builder<'a> {
-        Builder::with_sets(endpoints, network_sets, Vec::new())
+    pub fn new(
+        endpoints: &'a [Endpoint],
+        network_sets: &'a [LabelledNets],
+        host_endpoints: &'a [HostEndpoint],
+    ) -> Builder<'a> {
+        Builder::with_sets(endpoints, network_sets, host_endpoints, Vec::new())
     }
 
-    /// A builder that adds to `sets` (computed for these endpoints and network sets).
+    /// A builder that adds to `sets` (computed for these endpoints, network sets and host
+    /// endpoints).
     pub fn with_sets(
         endpoints: &'a [Endpoint],
         network_sets: &'a [LabelledNets],
+        host_endpoints: &'a [HostEndpoint],
         sets: Vec<PeerSet>,
     ) -> Builder<'a> {
         let set_index = sets
@@ -186,6 +200,7 @@ impl<'a> Builder<'a> {
         Builder {
             endpoints,
             network_sets,
+            host_endpoints,
             sets,
             set_index,
         }
@@ -249,6 +264,7 @@ impl<'a> Builder<'a> {
             selector,
             ingress: types.contains(&PolicyType::Ingress).then_some(ingress),
             egress: types.contains(&PolicyType::Egress).then_some(egress),
+            apply_on_forward: false,
         })
     }
 
@@ -278,6 +294,7 @@ impl<'a> Builder<'a> {
             selector,
             ingress: self.typed_rules(&cx, &s.types, PolicyType::Ingress, &s.ingress)?,
             egress: self.typed_rules(&cx, &s.types, PolicyType::Egress, &s.egress)?,
+            apply_on_forward: false,
         })
     }
 
@@ -324,6 +341,7 @@ impl<'a> Builder<'a> {
             selector,
             ingress: self.typed_rules(&cx, &s.types, PolicyType::Ingress, &s.ingress)?,
             egress: self.typed_rules(&cx, &s.types, PolicyType::Egress, &s.egress)?,
+            apply_on_forward: s.apply_on_forward,
         })
     }
 
@@ -450,7 +468,7 @@ impl<'a> Builder<'a> {
                 .iter()
                 .map(|ep| expr.matches(&ep.selector_labels))
                 .collect(),
-            nets: set_nets(&expr, self.network_sets),
+            nets: set_nets(&expr, self.network_sets, self.host_endpoints),
             expr,
         };
         self.sets.push(set);
@@ -459,13 +477,22 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// The nets of the network sets `expr` selects, in order.
-pub(crate) fn set_nets(expr: &Expr, network_sets: &[LabelledNets]) -> Vec<IpNet> {
-    network_sets
+/// The nets of the network sets `expr` selects, in order, then the `expectedIPs` of the host
+/// endpoints it selects (as Felix puts them in the selector's IP set).
+pub(crate) fn set_nets(
+    expr: &Expr,
+    network_sets: &[LabelledNets],
+    host_endpoints: &[HostEndpoint],
+) -> Vec<IpNet> {
+    let sets = network_sets
         .iter()
         .filter(|set| expr.matches(&set.labels))
-        .flat_map(|set| set.nets.iter().copied())
-        .collect()
+        .flat_map(|set| set.nets.iter().copied());
+    let hosts = host_endpoints
+        .iter()
+        .filter(|h| expr.matches(&h.selector_labels))
+        .flat_map(|h| h.ips.iter().map(|ip| IpNet::from(*ip)));
+    sets.chain(hosts).collect()
 }
 
 /// A selector's canonical text (Calico's `Selector.String()`). An expression the engine
@@ -547,7 +574,7 @@ fn entity_selector(
 
 /// A namespace selector as Calico applies it to endpoints: its keys prefixed `pcns.`,
 /// `all()` meaning "any namespaced endpoint" and `global()` "anything not namespaced"
-/// (global network sets; host endpoints later).
+/// (global network sets and host endpoints).
 fn namespace_selector_expr(expr: &Expr) -> Expr {
     let has_namespace = || Expr::Has {
         key: LABEL_NAMESPACE.to_owned(),

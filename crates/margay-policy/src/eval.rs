@@ -2,12 +2,15 @@
 //! its explanation.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::IpAddr;
 
-use margay_api::{Action, PolicyType, Port};
+use margay_api::{
+    Action, EndpointToHostAction, IcmpFields, PolicyType, Port, PortProtocol, ProtoPort,
+};
 use serde::Serialize;
 
-use crate::cluster::{direction_index, Cluster};
+use crate::cluster::{direction_index, Cluster, TierChain};
 use crate::compile::{CompiledRule, Entity};
 use crate::{Matrix, Protocol};
 
@@ -24,20 +27,131 @@ pub enum Peer {
 /// The first packet of a connection (replies ride on conntrack, as in Felix).
 ///
 /// What the engine assumes about what the struct does not say:
-/// - `port` is the destination port. The source port is an ephemeral one that no
-///   `source.ports` entry matches (so every `source.notPorts` does).
-/// - Packets are TCP, UDP or SCTP, so rules matching `icmp`/`notICMP` (which need protocol
-///   ICMP) never match them.
-/// - The address family: that of an [`Peer::Ip`]; between two endpoints, IPv4 when both have
-///   an IPv4 address, else IPv6 when both have one. With neither (endpoints whose addresses
-///   are unknown), rules tied to a family by `ipVersion` or by CIDRs (`nets`, `notNets`,
-///   ipBlocks) never match.
+/// - A [`Transport::Ports`] packet without a `source_port` comes from an ephemeral port that
+///   no `source.ports` entry matches (so every `source.notPorts` does). [`matrix`] sends
+///   such packets: the real source port of a connection is not known in advance.
+/// - An ICMP packet without a `code` has one no rule names: `icmp` matches that give a code
+///   never match it, and `notICMP` matches that give one always do.
+/// - The address family: that of a [`Peer::Ip`]; else IPv4 for ICMP and IPv6 for ICMPv6;
+///   else, between two endpoints, IPv4 when both have an IPv4 address, else IPv6 when both
+///   have one. With neither (endpoints whose addresses are unknown), rules tied to a family
+///   by `ipVersion` or by CIDRs (`nets`, `notNets`, ipBlocks) never match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Packet {
     pub from: Peer,
     pub to: Peer,
-    pub protocol: Protocol,
-    pub port: u16,
+    pub transport: Transport,
+}
+
+/// What a packet carries above IP, as far as rules can see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Transport {
+    /// TCP, UDP or SCTP to destination port `port`.
+    #[serde(rename_all = "camelCase")]
+    Ports {
+        protocol: Protocol,
+        port: u16,
+        /// `None`: ephemeral and unknown (see [`Packet`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source_port: Option<u16>,
+    },
+    /// ICMP (IPv4) or ICMPv6, which have a type and a code instead of ports.
+    Icmp(Icmp),
+}
+
+/// An ICMP or ICMPv6 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Icmp {
+    #[serde(rename = "protocol")]
+    pub version: IcmpVersion,
+    pub icmp_type: u8,
+    /// `None`: not known (see [`Packet`]).
+    #[serde(rename = "icmpCode", skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
+}
+
+/// Which ICMP, spelled as Calico's `protocol` field spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum IcmpVersion {
+    /// ICMP, IP protocol 1, IPv4 only.
+    #[serde(rename = "ICMP")]
+    V4,
+    /// ICMPv6, IP protocol 58, IPv6 only.
+    #[serde(rename = "ICMPv6")]
+    V6,
+}
+
+impl IcmpVersion {
+    /// The IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            IcmpVersion::V4 => 1,
+            IcmpVersion::V6 => 58,
+        }
+    }
+
+    /// The address family it is carried in: 4 or 6.
+    pub fn family(self) -> u8 {
+        match self {
+            IcmpVersion::V4 => 4,
+            IcmpVersion::V6 => 6,
+        }
+    }
+}
+
+impl fmt::Display for IcmpVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IcmpVersion::V4 => "ICMP",
+            IcmpVersion::V6 => "ICMPv6",
+        })
+    }
+}
+
+impl Transport {
+    /// The IANA protocol number, as rules compare protocols.
+    pub fn protocol_number(self) -> u8 {
+        match self {
+            Transport::Ports { protocol, .. } => protocol.number(),
+            Transport::Icmp(icmp) => icmp.version.number(),
+        }
+    }
+
+    /// The address family the protocol implies: ICMP is IPv4's, ICMPv6 is IPv6's.
+    pub fn family(self) -> Option<u8> {
+        match self {
+            Transport::Ports { .. } => None,
+            Transport::Icmp(icmp) => Some(icmp.version.family()),
+        }
+    }
+}
+
+/// `TCP/80`, `UDP/53 (source port 5353)`, `ICMP type 8 code 0`, `ICMPv6 type 128`.
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Transport::Ports {
+                protocol,
+                port,
+                source_port,
+            } => {
+                write!(f, "{protocol}/{port}")?;
+                match source_port {
+                    Some(p) => write!(f, " (source port {p})"),
+                    None => Ok(()),
+                }
+            }
+            Transport::Icmp(icmp) => {
+                write!(f, "{} type {}", icmp.version, icmp.icmp_type)?;
+                match icmp.code {
+                    Some(c) => write!(f, " code {c}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 /// Which kind of resource a policy came from.
@@ -92,6 +206,24 @@ pub enum Decision {
     ProfileRule { profile: String, rule: RuleRef },
     /// Profiles applied and none of their rules matched ("Drop if no profiles matched").
     NoProfileMatched,
+    /// From a workload to an address of its own node: after the workload's egress policy,
+    /// the node's `defaultEndpointToHostAction` decides (Felix's "Configured
+    /// DefaultEndpointToHostAction" in `cali-wl-to-host`). `Return` hands the packet on to the
+    /// host's other input rules: allowed, as far as Margay is concerned.
+    EndpointToHost {
+        node: String,
+        action: EndpointToHostAction,
+    },
+    /// From a node to a workload on it: allowed without policy, as in Calico (the host's
+    /// output path returns for workload interfaces; the workload's ingress policy applies
+    /// only to traffic the node forwards to it). Both sides say so.
+    FromHost { node: String },
+    /// A failsafe port of the node (`failsafeInboundHostPorts` to it, or
+    /// `failsafeOutboundHostPorts` from it): accepted before host endpoint policy.
+    Failsafe { node: String, port: ProtoPort },
+    /// VXLAN between the cluster's nodes: accepted before host endpoint policy, as the
+    /// overlay must flow whatever that policy says.
+    Overlay { node: String },
 }
 
 /// A step that did not decide, for `margay trace` to print.
@@ -130,6 +262,10 @@ pub struct DirectionVerdict {
     /// The endpoint whose policy was evaluated (the source for egress, the destination for
     /// ingress); `None` when that end is an external address.
     pub endpoint: Option<String>,
+    /// The host endpoint whose policy was evaluated, by name: that end is one of its
+    /// `expectedIPs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_endpoint: Option<String>,
     pub allowed: bool,
     pub decision: Decision,
     /// What happened before the decision, in order.
@@ -160,7 +296,11 @@ struct Context<'c> {
     src: End,
     dst: End,
     protocol: u8,
-    port: u16,
+    /// The destination port; `None` for ICMP.
+    port: Option<u16>,
+    /// `None` for ICMP, or when unknown.
+    source_port: Option<u16>,
+    icmp: Option<Icmp>,
     /// 4 or 6, when known.
     family: Option<u8>,
 }
@@ -173,14 +313,30 @@ fn family(ip: IpAddr) -> u8 {
     }
 }
 
+/// The only family Felix renders a rule with this protocol into: ICMP rules go into the IPv4
+/// chains only, ICMPv6 rules into the IPv6 ones.
+fn protocol_family(protocol: u8) -> Option<u8> {
+    match protocol {
+        1 => Some(4),
+        58 => Some(6),
+        _ => None,
+    }
+}
+
+/// Whether an ICMP message has what `fields` names: each given field must equal the
+/// message's (a code the packet does not give equals none).
+fn icmp_fields_hold(fields: IcmpFields, icmp: Icmp) -> bool {
+    fields.icmp_type.is_none_or(|t| t == icmp.icmp_type)
+        && fields.code.is_none_or(|c| icmp.code == Some(c))
+}
+
 impl Context<'_> {
     /// Both ends resolved: `given` is the address a [`Peer::Ip`] named.
     fn new(
         cluster: &Cluster,
         src: (Option<usize>, Option<IpAddr>),
         dst: (Option<usize>, Option<IpAddr>),
-        protocol: Protocol,
-        port: u16,
+        transport: Transport,
     ) -> Context<'_> {
         let address_of = |endpoint: Option<usize>, family_wanted: u8| {
             endpoint.and_then(|i| {
@@ -191,7 +347,7 @@ impl Context<'_> {
                     .find(|ip| family(*ip) == family_wanted)
             })
         };
-        let fixed = src.1.or(dst.1).map(family);
+        let fixed = src.1.or(dst.1).map(family).or(transport.family());
         let family = fixed.or_else(|| {
             [4, 6]
                 .into_iter()
@@ -201,27 +357,56 @@ impl Context<'_> {
             endpoint,
             addr: given.or_else(|| family.and_then(|f| address_of(endpoint, f))),
         };
+        let (port, source_port, icmp) = match transport {
+            Transport::Ports {
+                port, source_port, ..
+            } => (Some(port), source_port, None),
+            Transport::Icmp(icmp) => (None, None, Some(icmp)),
+        };
         Context {
             cluster,
             src: end(src),
             dst: end(dst),
-            protocol: protocol.number(),
+            protocol: transport.protocol_number(),
             port,
+            source_port,
+            icmp,
             family,
         }
     }
 
     fn rule_matches(&self, rule: &CompiledRule) -> bool {
-        rule.icmp.is_none()
-            && rule.not_icmp.is_none()
-            && rule.family.is_none_or(|f| self.family == Some(f))
-            && rule.protocol.is_none_or(|p| p == self.protocol)
+        rule.family.is_none_or(|f| self.family == Some(f))
+            && rule.protocol.is_none_or(|p| {
+                p == self.protocol && protocol_family(p).is_none_or(|f| self.family == Some(f))
+            })
             && rule.not_protocol.is_none_or(|p| p != self.protocol)
-            && self.entity_matches(&rule.source, self.src, None)
-            && self.entity_matches(&rule.destination, self.dst, Some(self.port))
+            && self.icmp_matches(rule)
+            && self.entity_matches(&rule.source, self.src, self.source_port)
+            && self.entity_matches(&rule.destination, self.dst, self.port)
     }
 
-    /// `port` is `None` for the source end, whose (ephemeral) port no rule names.
+    /// `icmp`/`notICMP`, as both renderers program them: only in a rule whose protocol is
+    /// ICMP or ICMPv6 (Calico's validation requires it; a rule without is left out of the
+    /// dataplane, so it never matches, not even as `notICMP` on a TCP packet). `notICMP: {}`
+    /// names nothing to negate: both renderers program no condition for it.
+    fn icmp_matches(&self, rule: &CompiledRule) -> bool {
+        if rule.icmp.is_none() && rule.not_icmp.is_none() {
+            return true;
+        }
+        matches!(rule.protocol, Some(1 | 58))
+            && self.icmp.is_some_and(|icmp| {
+                rule.icmp.is_none_or(|f| icmp_fields_hold(f, icmp))
+                    && rule.not_icmp.is_none_or(|f| {
+                        (f.icmp_type.is_none() && f.code.is_none()) || !icmp_fields_hold(f, icmp)
+                    })
+            })
+    }
+
+    /// `port` is `None` when the packet has no port there (ICMP) or it is unknown (an
+    /// ephemeral source port): no `ports` entry matches it, and so no `notPorts` entry
+    /// excludes it. A named port is one of this end's endpoint: Calico resolves source named
+    /// ports against the source endpoints as it resolves destination ones.
     fn entity_matches(&self, e: &Entity, end: End, port: Option<u16>) -> bool {
         let in_nets = |nets: &[ipnet::IpNet]| {
             end.addr
@@ -287,10 +472,28 @@ fn evaluate_side(
     cx: &Context<'_>,
     endpoint: usize,
     direction: PolicyType,
+    record: Recorder<'_>,
+) -> (bool, Outcome) {
+    let cluster = cx.cluster;
+    walk(
+        cx,
+        &cluster.chains[endpoint][direction_index(direction)],
+        &cluster.endpoint_profiles[endpoint],
+        direction,
+        record,
+    )
+}
+
+/// Walks the tiers of `chain`, then `profiles` (indices into the cluster's), as an endpoint
+/// chain does.
+fn walk(
+    cx: &Context<'_>,
+    chain: &[TierChain],
+    profiles: &[usize],
+    direction: PolicyType,
     mut record: Recorder<'_>,
 ) -> (bool, Outcome) {
     let cluster = cx.cluster;
-    let chain = &cluster.chains[endpoint][direction_index(direction)];
     let mut next_tier = 0;
     'tiers: for tier_chain in chain {
         for skipped in next_tier..tier_chain.tier {
@@ -334,7 +537,7 @@ fn evaluate_side(
     for skipped in next_tier..cluster.tiers.len() {
         record.push(RawStep::TierSkipped(skipped));
     }
-    'profiles: for &profile in &cluster.endpoint_profiles[endpoint] {
+    'profiles: for &profile in profiles {
         for (index, rule) in cluster.profiles[profile]
             .rules(direction)
             .iter()
@@ -361,6 +564,9 @@ fn evaluate_side(
 /// Resolves a peer: the endpoint index (if any) and the address it named (if any).
 enum Resolved {
     Endpoint(usize, Option<IpAddr>),
+    /// An address of this node: its Node resource's, or one of the `expectedIPs` of this
+    /// host endpoint of it.
+    Host(IpAddr, String, Option<usize>),
     External(IpAddr),
     Unknown(String),
 }
@@ -372,20 +578,145 @@ impl Resolved {
                 Some(i) => Resolved::Endpoint(i, None),
                 None => Resolved::Unknown(id.clone()),
             },
-            Peer::Ip(ip) => match cluster.endpoint_with_ip(*ip) {
-                Some(i) => Resolved::Endpoint(i, Some(*ip)),
-                None => Resolved::External(*ip),
-            },
+            Peer::Ip(ip) => {
+                if let Some(i) = cluster.endpoint_with_ip(*ip) {
+                    Resolved::Endpoint(i, Some(*ip))
+                } else if let Some(h) = cluster.host_endpoint_with_ip(*ip) {
+                    Resolved::Host(*ip, cluster.host_endpoints[h].node.clone(), Some(h))
+                } else if let Some(node) = cluster.node_with_ip(*ip) {
+                    Resolved::Host(*ip, node.to_owned(), None)
+                } else {
+                    Resolved::External(*ip)
+                }
+            }
         }
     }
 
     fn parts(&self) -> (Option<usize>, Option<IpAddr>) {
         match self {
             Resolved::Endpoint(i, ip) => (Some(*i), *ip),
-            Resolved::External(ip) => (None, Some(*ip)),
+            Resolved::Host(ip, ..) | Resolved::External(ip) => (None, Some(*ip)),
             Resolved::Unknown(_) => (None, None),
         }
     }
+
+    /// The node of a workload endpoint, or the node an address belongs to.
+    fn node<'c>(&'c self, cluster: &'c Cluster) -> Option<&'c str> {
+        match self {
+            Resolved::Endpoint(i, _) => cluster.endpoints[*i].node.as_deref(),
+            Resolved::Host(_, node, _) => Some(node),
+            Resolved::External(_) | Resolved::Unknown(_) => None,
+        }
+    }
+}
+
+/// What decides between a workload and its own node, where no workload ingress or host
+/// endpoint policy applies: to the node, the workload's egress policy (`None` here: its own
+/// side decides it) and then the node's `defaultEndpointToHostAction` (Felix's
+/// `cali-wl-to-host`); from the node, nothing either way, as the host's output path returns
+/// for workload interfaces (Felix's `cali-OUTPUT`). `None` for any other packet.
+fn local_host_sides(
+    cluster: &Cluster,
+    from: &Resolved,
+    to: &Resolved,
+) -> Option<(Option<DirectionVerdict>, DirectionVerdict)> {
+    let same_node = from.node(cluster).is_some() && from.node(cluster) == to.node(cluster);
+    let verdict = |endpoint: Option<String>, allowed: bool, decision: Decision| DirectionVerdict {
+        endpoint,
+        host_endpoint: None,
+        allowed,
+        decision,
+        steps: Vec::new(),
+    };
+    match (from, to) {
+        (Resolved::Endpoint(..), Resolved::Host(_, node, _)) if same_node => {
+            let action = cluster.host_settings(node).endpoint_to_host;
+            let decision = Decision::EndpointToHost {
+                node: node.clone(),
+                action,
+            };
+            Some((
+                None,
+                verdict(None, action != EndpointToHostAction::Drop, decision),
+            ))
+        }
+        (Resolved::Host(_, node, _), Resolved::Endpoint(i, _)) if same_node => {
+            let decision = Decision::FromHost { node: node.clone() };
+            Some((
+                Some(verdict(None, true, decision.clone())),
+                verdict(Some(cluster.endpoints[*i].id.clone()), true, decision),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The protocol number of a failsafe port's protocol.
+fn port_protocol_number(protocol: PortProtocol) -> u8 {
+    match protocol {
+        PortProtocol::Tcp => 6,
+        PortProtocol::Udp => 17,
+        PortProtocol::Sctp => 132,
+    }
+}
+
+/// Evaluates one direction on host endpoint `host`'s side (the node's own traffic through
+/// it), as Felix's `cali-fh-`/`cali-th-` chains do: the overlay between the nodes and the
+/// failsafe ports first, then its pipeline.
+fn host_side(cx: &Context<'_>, host: usize, direction: PolicyType) -> DirectionVerdict {
+    let cluster = cx.cluster;
+    let hep = &cluster.host_endpoints[host];
+    let settings = cluster.host_settings(&hep.node);
+    // The other end of the packet: where it comes from, or where it goes.
+    let remote = match direction {
+        PolicyType::Ingress => cx.src.addr,
+        PolicyType::Egress => cx.dst.addr,
+    };
+    let verdict = |allowed: bool, decision: Decision, steps: Vec<Step>| DirectionVerdict {
+        endpoint: None,
+        host_endpoint: Some(hep.name.clone()),
+        allowed,
+        decision,
+        steps,
+    };
+    let to_node = |ip: &IpAddr| cluster.nodes.values().any(|n| n.underlay.contains(ip));
+    if cx.protocol == 17
+        && cx.port == Some(settings.vxlan_port)
+        && remote.is_some_and(|ip| to_node(&ip))
+    {
+        let node = hep.node.clone();
+        return verdict(true, Decision::Overlay { node }, Vec::new());
+    }
+    let failsafe = match direction {
+        PolicyType::Ingress => &settings.failsafe_inbound,
+        PolicyType::Egress => &settings.failsafe_outbound,
+    };
+    let exempt = failsafe.iter().find(|f| {
+        port_protocol_number(f.protocol) == cx.protocol
+            && cx.port == Some(f.port)
+            && f.net
+                .is_none_or(|net| remote.is_some_and(|ip| net.contains(&ip)))
+    });
+    if let Some(port) = exempt {
+        let decision = Decision::Failsafe {
+            node: hep.node.clone(),
+            port: port.clone(),
+        };
+        return verdict(true, decision, Vec::new());
+    }
+    let mut raw = Vec::new();
+    let (allowed, outcome) = walk(
+        cx,
+        &cluster.host_chains[host][direction_index(direction)],
+        &cluster.host_profiles[host],
+        direction,
+        Recorder(Some(&mut raw)),
+    );
+    let steps = raw
+        .into_iter()
+        .map(|s| spell_step(cluster, direction, s))
+        .collect();
+    verdict(allowed, spell_outcome(cluster, direction, outcome), steps)
 }
 
 /// One packet, with the full explanation of both directions.
@@ -395,13 +726,7 @@ impl Resolved {
 pub fn evaluate(cluster: &Cluster, packet: &Packet) -> Verdict {
     let from = Resolved::new(cluster, &packet.from);
     let to = Resolved::new(cluster, &packet.to);
-    let cx = Context::new(
-        cluster,
-        from.parts(),
-        to.parts(),
-        packet.protocol,
-        packet.port,
-    );
+    let cx = Context::new(cluster, from.parts(), to.parts(), packet.transport);
     let loopback =
         matches!((&from, &to), (Resolved::Endpoint(a, _), Resolved::Endpoint(b, _)) if a == b);
     let side = |end: &Resolved, direction: PolicyType| -> DirectionVerdict {
@@ -409,6 +734,7 @@ pub fn evaluate(cluster: &Cluster, packet: &Packet) -> Verdict {
         match end {
             Resolved::Endpoint(i, _) if loopback => DirectionVerdict {
                 endpoint: endpoint_id(*i),
+                host_endpoint: None,
                 allowed: true,
                 decision: Decision::Loopback,
                 steps: Vec::new(),
@@ -419,6 +745,7 @@ pub fn evaluate(cluster: &Cluster, packet: &Packet) -> Verdict {
                     evaluate_side(&cx, *i, direction, Recorder(Some(&mut raw)));
                 DirectionVerdict {
                     endpoint: endpoint_id(*i),
+                    host_endpoint: None,
                     allowed,
                     decision: spell_outcome(cluster, direction, outcome),
                     steps: raw
@@ -427,22 +754,33 @@ pub fn evaluate(cluster: &Cluster, packet: &Packet) -> Verdict {
                         .collect(),
                 }
             }
-            Resolved::External(ip) => DirectionVerdict {
+            Resolved::Host(_, _, Some(h)) => host_side(&cx, *h, direction),
+            Resolved::Host(ip, _, None) | Resolved::External(ip) => DirectionVerdict {
                 endpoint: None,
+                host_endpoint: None,
                 allowed: true,
                 decision: Decision::NotAnEndpoint { ip: *ip },
                 steps: Vec::new(),
             },
             Resolved::Unknown(id) => DirectionVerdict {
                 endpoint: None,
+                host_endpoint: None,
                 allowed: false,
                 decision: Decision::UnknownEndpoint { id: id.clone() },
                 steps: Vec::new(),
             },
         }
     };
-    let egress = side(&from, PolicyType::Egress);
-    let ingress = side(&to, PolicyType::Ingress);
+    let (egress, ingress) = match local_host_sides(cluster, &from, &to) {
+        Some((egress, ingress)) => (
+            egress.unwrap_or_else(|| side(&from, PolicyType::Egress)),
+            ingress,
+        ),
+        None => (
+            side(&from, PolicyType::Egress),
+            side(&to, PolicyType::Ingress),
+        ),
+    };
     Verdict {
         allowed: egress.allowed && ingress.allowed,
         egress,
@@ -451,7 +789,8 @@ pub fn evaluate(cluster: &Cluster, packet: &Packet) -> Verdict {
 }
 
 /// Every endpoint to every endpoint on one port, itself included (always allowed: traffic to
-/// its own address never leaves the pod). Ids are `namespace/name`; pairs are sorted.
+/// its own address never leaves the pod), from an unknown source port (see [`Packet`]). Ids
+/// are `namespace/name`; pairs are sorted.
 pub fn matrix(cluster: &Cluster, port: u16, protocol: Protocol) -> Matrix {
     let mut allowed = BTreeSet::new();
     let mut denied = BTreeSet::new();
@@ -463,8 +802,11 @@ pub fn matrix(cluster: &Cluster, port: u16, protocol: Protocol) -> Matrix {
                     cluster,
                     (Some(from), None),
                     (Some(to), None),
-                    protocol,
-                    port,
+                    Transport::Ports {
+                        protocol,
+                        port,
+                        source_port: None,
+                    },
                 );
                 evaluate_side(&cx, from, PolicyType::Egress, Recorder(None)).0
                     && evaluate_side(&cx, to, PolicyType::Ingress, Recorder(None)).0

@@ -26,10 +26,15 @@
 //! - Profiles apply only when no tier applied, or the last one applied passed: the endpoint's
 //!   profiles in order, the first matching rule decides (`Pass` moves to the next profile),
 //!   and a packet no profile rule matches is dropped ("Drop if no profiles matched").
+//! - A node's own addresses (its Node's) are no endpoints, but a workload's packet to its own
+//!   node meets the node's `defaultEndpointToHostAction` after the workload's egress policy,
+//!   and the node's packets to its own workloads are not policed. A packet to or from one of
+//!   a host endpoint's `expectedIPs` meets, on that side, the overlay exemption and the
+//!   failsafe ports, then the endpoint's policies and profiles, as a workload's.
 //!
-//! What the engine cannot know is listed where it matters: [`Packet`] (ICMP, source ports,
-//! address families), [`Endpoint`] (service account labels, host-network pods) and
-//! [`Cluster::from_resources`] (Services, untracked and pre-DNAT policy).
+//! What the engine cannot know is listed where it matters: [`Packet`] (unknown source ports
+//! and ICMP codes, address families), [`Endpoint`] (service account labels, host-network
+//! pods) and [`Cluster::from_resources`] (Services, untracked and pre-DNAT policy).
 
 mod cluster;
 mod compile;
@@ -38,17 +43,17 @@ mod matrix;
 mod model;
 pub mod program;
 
-pub use cluster::{Cluster, Endpoint, NamedPort};
+pub use cluster::{Cluster, Endpoint, HostEndpoint, HostSettings, NamedPort};
 pub use eval::{
-    evaluate, matrix, Decision, DirectionVerdict, Packet, Peer, PolicyKind, PolicyRef, RuleRef,
-    Step, Verdict,
+    evaluate, matrix, Decision, DirectionVerdict, Icmp, IcmpVersion, Packet, Peer, PolicyKind,
+    PolicyRef, RuleRef, Step, Transport, Verdict,
 };
 pub use matrix::{render_table, Matrix, Protocol, Report, UnknownProtocol};
 pub use model::{Change, Model, ResourceKey};
 
 /// Every kind [`Cluster::from_resources`] reads; a change to any of them can change a matrix
 /// or a node's program.
-pub const INPUT_KINDS: [margay_api::Kind; 10] = [
+pub const INPUT_KINDS: [margay_api::Kind; 13] = [
     margay_api::Kind::Namespace,
     margay_api::Kind::Pod,
     margay_api::Kind::WorkloadEndpoint,
@@ -59,6 +64,9 @@ pub const INPUT_KINDS: [margay_api::Kind; 10] = [
     margay_api::Kind::Profile,
     margay_api::Kind::NetworkSet,
     margay_api::Kind::GlobalNetworkSet,
+    margay_api::Kind::Node,
+    margay_api::Kind::AgentConfiguration,
+    margay_api::Kind::HostEndpoint,
 ];
 
 /// Why resources could not be turned into a [`Cluster`]. Every variant names the resource

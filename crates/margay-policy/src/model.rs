@@ -9,10 +9,13 @@
 //!   alone; new rule selectors get their sets), its place among the policies, and the
 //!   endpoints it selects;
 //! - a NetworkSet or GlobalNetworkSet: the nets of every set;
-//! - a Namespace: the endpoints of the namespace and the network sets.
+//! - a Namespace: the endpoints of the namespace and the network sets;
+//! - a Node or an AgentConfiguration: the nodes' addresses, or the configurations (neither
+//!   changes anything compiled).
 //!
-//! Tiers and Profiles, which rarely change and reorder or relabel everything, rebuild the
-//! cluster from the stored resources, as does any change while the model is in error and a
+//! Tiers, Profiles and HostEndpoints, which rarely change and reorder or relabel everything
+//! (a host endpoint's addresses are members of sets), rebuild the cluster from the stored
+//! resources, as does any change while the model is in error and a
 //! policy change that adds or drops one of Calico's built-in tiers.
 //!
 //! Whatever the changes, the model is what [`Cluster::from_resources_skipping_bad_policies`]
@@ -26,10 +29,10 @@ use std::fmt;
 use margay_api::{Kind, ObjectMeta, PolicyType, Resource};
 
 use crate::cluster::{
-    build_endpoints, build_network_sets, build_tiers, describe, endpoint_chains, explicit_profiles,
-    index_by_id, index_by_ip, namespace_labels, pod_endpoint_id, policy_order, profile_indices,
-    relevant, workload_endpoint_id, Cluster, Inputs, LeftOut, NamespaceLabels, Stage, TierChain,
-    NAMESPACE_PROFILE_PREFIX,
+    agent_configs, build_endpoints, build_network_sets, build_tiers, describe, endpoint_chains,
+    explicit_profiles, index_by_id, index_by_ip, namespace_labels, node_addresses, pod_endpoint_id,
+    policy_order, profile_indices, relevant, workload_endpoint_id, Cluster, Inputs, LeftOut,
+    NamespaceLabels, Stage, TierChain, NAMESPACE_PROFILE_PREFIX,
 };
 use crate::compile::{set_nets, Builder, CompiledPolicy, CompiledProfile};
 use crate::{Endpoint, PolicyError};
@@ -115,6 +118,7 @@ fn kind_order(kind: Kind) -> u8 {
     match kind {
         Kind::KubernetesNetworkPolicy => 0,
         Kind::NetworkPolicy => 1,
+        Kind::HostEndpoint => 3,
         _ => 2,
     }
 }
@@ -222,8 +226,19 @@ impl Model {
                 self.network_sets_changed();
                 Ok(())
             }
+            Kind::Namespace if self.hosts_use_profile_of(&key.name) => Err(Rebuild),
             Kind::Namespace => {
                 self.namespace_changed(&key.name);
+                Ok(())
+            }
+            Kind::Node => {
+                let inputs = self.inputs_of(&[Kind::Node]);
+                self.cluster.nodes = node_addresses(&inputs.nodes);
+                Ok(())
+            }
+            Kind::AgentConfiguration => {
+                let inputs = self.inputs_of(&[Kind::AgentConfiguration]);
+                self.cluster.configs = agent_configs(&inputs.configs);
                 Ok(())
             }
             _ => Err(Rebuild),
@@ -410,7 +425,12 @@ impl Model {
         if let Some(resource) = self.resources.get(key) {
             let cluster = &mut self.cluster;
             let sets = std::mem::take(&mut cluster.sets);
-            let mut builder = Builder::with_sets(&cluster.endpoints, &cluster.network_sets, sets);
+            let mut builder = Builder::with_sets(
+                &cluster.endpoints,
+                &cluster.network_sets,
+                &cluster.host_endpoints,
+                sets,
+            );
             let compiled = match resource {
                 Resource::KubernetesNetworkPolicy(knp) => builder.kubernetes_policy(knp),
                 Resource::NetworkPolicy(np) => builder.network_policy(np),
@@ -433,6 +453,7 @@ impl Model {
                 }
             }
         }
+        self.cluster.host_endpoint_chains();
         self.cluster.canonicalize_sets();
         self.check_tiers()
     }
@@ -492,9 +513,18 @@ impl Model {
             &explicit_profiles(&inputs.profiles),
         );
         for set in &mut self.cluster.sets {
-            set.nets = set_nets(&set.expr, &network_sets);
+            set.nets = set_nets(&set.expr, &network_sets, &self.cluster.host_endpoints);
         }
         self.cluster.network_sets = network_sets;
+    }
+
+    /// Whether a host endpoint has namespace `name`'s profile (and so its labels).
+    fn hosts_use_profile_of(&self, name: &str) -> bool {
+        let profile = format!("{NAMESPACE_PROFILE_PREFIX}{name}");
+        self.cluster
+            .host_endpoints
+            .iter()
+            .any(|h| h.profiles.contains(&profile))
     }
 
     /// A namespace's labels changed: the endpoints with its profile and the network sets
@@ -595,7 +625,9 @@ impl Cluster {
         let used: HashSet<&str> = self
             .endpoints
             .iter()
-            .flat_map(|ep| ep.profiles.iter().map(String::as_str))
+            .flat_map(|ep| &ep.profiles)
+            .chain(self.host_endpoints.iter().flat_map(|h| &h.profiles))
+            .map(String::as_str)
             .collect();
         let mut missing: Vec<&str> = used
             .iter()
@@ -621,7 +653,12 @@ impl Cluster {
         self.endpoint_profiles = self
             .endpoints
             .iter()
-            .map(|ep| profile_indices(&self.profiles, ep))
+            .map(|ep| profile_indices(&self.profiles, &ep.profiles))
+            .collect();
+        self.host_profiles = self
+            .host_endpoints
+            .iter()
+            .map(|h| profile_indices(&self.profiles, &h.profiles))
             .collect();
         self.by_id = index_by_id(&self.endpoints);
         self.by_ip = index_by_ip(&self.endpoints);

@@ -27,6 +27,13 @@
 //!   (address, protocol, port) tuples ([`PortSet`], `np-<hash>`). A set's id is a hash of
 //!   its definition, so a selector used by several rules is one set, and endpoints coming and
 //!   going change set members, never rules.
+//! - Traffic from a local workload to the node meets the workload's egress pipeline, then
+//!   [`Program::endpoint_to_host`] (Felix's `cali-wl-to-host`); traffic from the node to a
+//!   local workload meets nothing.
+//! - Each host endpoint of the node ([`LocalHostEndpoint`]) has four pipelines: the node's
+//!   own traffic through its interface (`fh-`/`th-`: every policy selecting it, then its
+//!   profiles, after the [`HostExemptions`]), and traffic the node forwards through it
+//!   (`fhfw-`/`thfw-`: its `applyOnForward` policies only). Their tiers name no group.
 //!
 //! # Semantics
 //!
@@ -39,6 +46,9 @@
 //!    [`TierStage::default_action`]: `Deny` drops, `Pass` goes on.
 //! 2. Then each profile chain: `Allow` accepts, `Deny` drops, `Pass` goes on to the next
 //!    profile, `Log` logs and continues. After the last profile the packet is dropped.
+//!
+//! A host endpoint's forward pipelines have no profiles and no drop at their end: what their
+//! tiers let through goes on, and with no tier they are not used at all.
 //!
 //! A rule matches when every part of its [`Matches`] holds: empty lists and `None`s do not
 //! constrain. An address is in an [`IpSet`] when one of its members contains it; a packet
@@ -54,7 +64,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use margay_api::{Action, IcmpFields, PolicyType, Port, TierDefaultAction};
+use margay_api::{
+    Action, EndpointToHostAction, IcmpFields, PolicyType, Port, ProtoPort, TierDefaultAction,
+    DEFAULT_INTERFACE_PREFIX,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -86,8 +99,64 @@ pub struct Program {
     /// Endpoints of this node that are not programmed, by id, with the reason: no
     /// interface (no WorkloadEndpoint yet), an unusable interface name, or an interface
     /// another endpoint already has. Their traffic meets no endpoint chain; dataplanes drop
-    /// it as coming from (or going to) an unknown workload interface.
+    /// it as coming from (or going to) an unknown workload interface. Host endpoints that
+    /// are not programmed (`HostEndpoint <name>`: an unusable interface name, a workload's
+    /// interface, or one another host endpoint already has) leave their interface unpoliced.
     pub skipped: BTreeMap<String, String>,
+    /// What happens to traffic from a local workload to this node, after the workload's
+    /// egress policy (the node's `defaultEndpointToHostAction`, Felix's `cali-wl-to-host`):
+    /// `Drop`, `Accept`, or `Return` (on to the rest of the host's input rules). Traffic from
+    /// this node to a local workload is not policed, as in Calico.
+    pub endpoint_to_host: EndpointToHostAction,
+    /// This node's host endpoints, by interface: traffic to and from the node through the
+    /// interface meets their `ingress` and `egress` pipelines (after [`HostExemptions`]),
+    /// traffic the node forwards through it their `forward_ingress` and `forward_egress`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_endpoints: BTreeMap<String, LocalHostEndpoint>,
+    /// What comes before host endpoint policy; `Some` exactly when there are host
+    /// endpoints (nothing else uses it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exemptions: Option<HostExemptions>,
+}
+
+/// The id of the address set of the cluster's nodes (their Node resources' addresses), which
+/// [`HostExemptions`] use. Present only with host endpoints.
+pub const HOSTS_SET: &str = "all-hosts";
+
+/// What crosses a host endpoint without meeting its policy, as in Felix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostExemptions {
+    /// `failsafeInboundHostPorts`: packets to these ports (from `net`, when given) are
+    /// accepted before host endpoint ingress policy (Felix's `cali-failsafe-in`).
+    pub failsafe_inbound: Vec<ProtoPort>,
+    /// `failsafeOutboundHostPorts`: packets to these ports (at `net`, when given) are
+    /// accepted before host endpoint egress policy (`cali-failsafe-out`).
+    pub failsafe_outbound: Vec<ProtoPort>,
+    /// VXLAN (UDP to this port) and IPIP from and to the addresses of [`HOSTS_SET`], the
+    /// overlay between the nodes, are accepted before host endpoint policy (Felix's "Allow
+    /// VXLAN packets from/to other hosts").
+    pub vxlan_port: u16,
+}
+
+/// A host endpoint of this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalHostEndpoint {
+    /// The HostEndpoint's name.
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    /// To the node through the interface (Felix's `cali-fh-`): every policy selecting it,
+    /// then its profiles; with neither, everything is dropped.
+    pub ingress: Pipeline,
+    /// From the node through the interface (`cali-th-`).
+    pub egress: Pipeline,
+    /// Forwarded in through the interface (`cali-fhfw-`): only the `applyOnForward`
+    /// policies, no profiles; with no tier, the chain is not used (forwarded traffic is
+    /// allowed), and after its tiers the packet goes on.
+    pub forward_ingress: Pipeline,
+    /// Forwarded out through the interface (`cali-thfw-`), likewise.
+    pub forward_egress: Pipeline,
 }
 
 impl Program {
@@ -102,6 +171,9 @@ impl Program {
             ip_sets: BTreeMap::new(),
             port_sets: BTreeMap::new(),
             skipped: BTreeMap::new(),
+            endpoint_to_host: EndpointToHostAction::default(),
+            host_endpoints: BTreeMap::new(),
+            exemptions: None,
         }
     }
 
@@ -171,23 +243,27 @@ impl Program {
     }
 
     /// The program as the dataplane of one IP version (4 or 6) enforces it: the whole
-    /// program when some local endpoint has an address of that version, and otherwise the
+    /// program when the node has host endpoints or some local endpoint has an address of
+    /// that version, and otherwise the
     /// program with no endpoints, chains or sets, whose dataplane drops every packet of that
     /// version from or to a workload interface (as from or to an unknown one). Such packets
     /// can only be spoofed or link-local: no local workload has an address to send from or
     /// to receive at. This keeps an IPv4-only node from loading (and, on every change,
     /// rewriting) a second copy of every chain for a family it has no traffic in.
     pub fn for_family(&self, version: u8) -> Cow<'_, Program> {
-        let in_use = self.endpoints.values().any(|ep| {
-            ep.ips
-                .iter()
-                .any(|ip| matches!((ip, version), (IpAddr::V4(_), 4) | (IpAddr::V6(_), 6)))
-        });
+        // Host endpoints police both families whatever the workloads' addresses.
+        let in_use = !self.host_endpoints.is_empty()
+            || self.endpoints.values().any(|ep| {
+                ep.ips
+                    .iter()
+                    .any(|ip| matches!((ip, version), (IpAddr::V4(_), 4) | (IpAddr::V6(_), 6)))
+            });
         if in_use {
             return Cow::Borrowed(self);
         }
         Cow::Owned(Program {
             skipped: self.skipped.clone(),
+            endpoint_to_host: self.endpoint_to_host,
             ..Program::empty(&self.node)
         })
     }
@@ -382,7 +458,10 @@ const MAX_INTERFACE: usize = 15;
 pub fn program(cluster: &Cluster, node: &str) -> Program {
     let mut builder = Builder {
         cluster,
-        program: Program::empty(node),
+        program: Program {
+            endpoint_to_host: cluster.host_settings(node).endpoint_to_host,
+            ..Program::empty(node)
+        },
         policy_ids: vec![[None, None]; cluster.policies.len()],
         group_ids: HashMap::new(),
         ip_set_ids: HashMap::new(),
@@ -422,6 +501,65 @@ pub fn program(cluster: &Cluster, node: &str) -> Program {
         if let Some((id, why)) = skipped {
             builder.program.skipped.insert(id, why);
         }
+    }
+    for (i, hep) in cluster.host_endpoints.iter().enumerate() {
+        if hep.node != node {
+            continue;
+        }
+        let iface = &hep.interface;
+        let why = if !plain_interface(iface) {
+            Some(format!(
+                "interface name {iface:?} is not 1 to {MAX_INTERFACE} characters of \
+                 [A-Za-z0-9_.-]"
+            ))
+        } else if iface.starts_with(DEFAULT_INTERFACE_PREFIX)
+            || builder.program.endpoints.contains_key(iface)
+        {
+            Some(format!("interface {iface} is a workload interface"))
+        } else {
+            builder.program.host_endpoints.get(iface).map(|other| {
+                format!(
+                    "interface {iface} already belongs to HostEndpoint {}",
+                    other.name
+                )
+            })
+        };
+        if let Some(why) = why {
+            builder
+                .program
+                .skipped
+                .insert(format!("HostEndpoint {}", hep.name), why);
+            continue;
+        }
+        let local = LocalHostEndpoint {
+            name: hep.name.clone(),
+            ips: hep.ips.clone(),
+            ingress: builder.host_pipeline(i, PolicyType::Ingress, false),
+            egress: builder.host_pipeline(i, PolicyType::Egress, false),
+            forward_ingress: builder.host_pipeline(i, PolicyType::Ingress, true),
+            forward_egress: builder.host_pipeline(i, PolicyType::Egress, true),
+        };
+        builder.program.host_endpoints.insert(iface.clone(), local);
+    }
+    if !builder.program.host_endpoints.is_empty() {
+        let settings = cluster.host_settings(node);
+        builder.program.exemptions = Some(HostExemptions {
+            failsafe_inbound: settings.failsafe_inbound,
+            failsafe_outbound: settings.failsafe_outbound,
+            vxlan_port: settings.vxlan_port,
+        });
+        let members = cluster
+            .nodes
+            .values()
+            .flat_map(|n| n.underlay.iter().map(|ip| IpNet::from(*ip)))
+            .collect();
+        builder.program.ip_sets.insert(
+            HOSTS_SET.to_owned(),
+            IpSet {
+                selector: "the cluster's nodes".to_owned(),
+                members,
+            },
+        );
     }
     builder.program
 }
@@ -495,7 +633,51 @@ struct Builder<'c> {
 impl Builder<'_> {
     fn pipeline(&mut self, endpoint: usize, direction: PolicyType) -> Pipeline {
         let cluster = self.cluster;
-        let tiers = cluster.chains[endpoint][direction_index(direction)]
+        Pipeline {
+            tiers: self.tiers(
+                &cluster.chains[endpoint][direction_index(direction)],
+                direction,
+                true,
+            ),
+            profiles: self.profiles(&cluster.endpoint_profiles[endpoint], direction),
+        }
+    }
+
+    /// A host endpoint's pipeline: for traffic to or from the node, or with `forward`, for
+    /// traffic it forwards (the `applyOnForward` policies, no profiles). Its tiers name no
+    /// group: a host endpoint chain jumps to its policies itself.
+    fn host_pipeline(&mut self, host: usize, direction: PolicyType, forward: bool) -> Pipeline {
+        let cluster = self.cluster;
+        let chains = if forward {
+            &cluster.host_forward_chains[host]
+        } else {
+            &cluster.host_chains[host]
+        };
+        Pipeline {
+            tiers: self.tiers(&chains[direction_index(direction)], direction, false),
+            profiles: if forward {
+                Vec::new()
+            } else {
+                self.profiles(&cluster.host_profiles[host], direction)
+            },
+        }
+    }
+
+    fn profiles(&mut self, profiles: &[usize], direction: PolicyType) -> Vec<String> {
+        profiles
+            .iter()
+            .map(|&p| self.profile(p, direction))
+            .collect()
+    }
+
+    fn tiers(
+        &mut self,
+        chains: &[crate::cluster::TierChain],
+        direction: PolicyType,
+        grouped: bool,
+    ) -> Vec<TierStage> {
+        let cluster = self.cluster;
+        chains
             .iter()
             .map(|chain| {
                 let tier = cluster.tiers[chain.tier].name.clone();
@@ -510,11 +692,12 @@ impl Builder<'_> {
                     chain.policies.clone(),
                 );
                 let group = match self.group_ids.get(&key) {
-                    Some(id) => id.clone(),
+                    _ if !grouped => None,
+                    Some(id) => Some(id.clone()),
                     None => {
                         let id = self.group(&tier, &policies, direction);
                         self.group_ids.insert(key, id.clone());
-                        id
+                        Some(id)
                     }
                 };
                 TierStage {
@@ -525,15 +708,10 @@ impl Builder<'_> {
                         TierDefaultAction::Deny
                     },
                     policies,
-                    group: Some(group),
+                    group,
                 }
             })
-            .collect();
-        let profiles = cluster.endpoint_profiles[endpoint]
-            .iter()
-            .map(|&p| self.profile(p, direction))
-            .collect();
-        Pipeline { tiers, profiles }
+            .collect()
     }
 
     /// The id of the group of `policies` (of tier `tier`), made if new.

@@ -7,8 +7,8 @@ use margay_api::{decode, parse_documents, Action, GlobalNetworkPolicy, PolicyTyp
 use serde_json::json;
 
 use crate::{
-    evaluate, matrix, Cluster, Decision, NamedPort, Packet, Peer, PolicyError, PolicyKind,
-    PolicyRef, Protocol, Step, Verdict,
+    evaluate, matrix, Cluster, Decision, DirectionVerdict, Icmp, IcmpVersion, NamedPort, Packet,
+    Peer, PolicyError, PolicyKind, PolicyRef, Protocol, Step, Transport, Verdict,
 };
 
 /// Decodes YAML documents (Kubernetes, Calico or Margay) into resources.
@@ -74,6 +74,19 @@ fn try_cluster(policies: &str) -> Result<Cluster, PolicyError> {
 }
 
 fn packet(from: &str, to: &str, protocol: Protocol, port: u16) -> Packet {
+    carrying(
+        from,
+        to,
+        Transport::Ports {
+            protocol,
+            port,
+            source_port: None,
+        },
+    )
+}
+
+/// `from` and `to` are ids or addresses.
+fn carrying(from: &str, to: &str, transport: Transport) -> Packet {
     let peer = |p: &str| match p.parse::<IpAddr>() {
         Ok(ip) => Peer::Ip(ip),
         Err(_) => Peer::Endpoint(p.to_owned()),
@@ -81,8 +94,7 @@ fn packet(from: &str, to: &str, protocol: Protocol, port: u16) -> Packet {
     Packet {
         from: peer(from),
         to: peer(to),
-        protocol,
-        port,
+        transport,
     }
 }
 
@@ -1102,6 +1114,264 @@ spec:
     assert!(!allowed(&c, "x/b", "y/a", 80), "x/b and y/a talk IPv4");
 }
 
+fn icmp(version: IcmpVersion, icmp_type: u8, code: Option<u8>) -> Transport {
+    Transport::Icmp(Icmp {
+        version,
+        icmp_type,
+        code,
+    })
+}
+
+fn with_source_port(protocol: Protocol, source_port: u16, port: u16) -> Transport {
+    Transport::Ports {
+        protocol,
+        port,
+        source_port: Some(source_port),
+    }
+}
+
+/// The index of the rule that decided a direction, `None` for anything else.
+fn deciding_rule(v: &DirectionVerdict) -> Option<usize> {
+    match &v.decision {
+        Decision::Rule { rule, .. } => Some(rule.index),
+        _ => None,
+    }
+}
+
+#[test]
+fn icmp_rules_match_type_and_code() {
+    let c = cluster(
+        r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: icmp}
+spec:
+  selector: app == 'a'
+  ingress:
+  - action: Allow
+    protocol: ICMP
+    icmp: {type: 8}
+  - action: Allow
+    protocol: 1
+    icmp: {type: 3, code: 4}
+"#,
+    );
+    let ingress = |from: &str, to: &str, t: Transport| evaluate(&c, &carrying(from, to, t)).ingress;
+    let v4 = |t, code| ingress("z/c", "x/a", icmp(IcmpVersion::V4, t, code));
+    // A type alone matches every code, and a packet whose code is not given.
+    assert_eq!(deciding_rule(&v4(8, None)), Some(0));
+    assert_eq!(deciding_rule(&v4(8, Some(0))), Some(0));
+    assert!(!v4(0, Some(0)).allowed, "another type");
+    // Type and code (protocol given by number): both must be the packet's.
+    assert_eq!(deciding_rule(&v4(3, Some(4))), Some(1));
+    assert!(!v4(3, Some(1)).allowed, "another code");
+    assert!(
+        !v4(3, None).allowed,
+        "a code not given is none the rule names"
+    );
+    // ICMP rules never match TCP, nor ICMPv6 (another protocol).
+    assert!(!evaluate(&c, &packet("z/c", "x/a", Protocol::Tcp, 8)).allowed);
+    assert!(!ingress("fd00::9", "y/a", icmp(IcmpVersion::V6, 8, None)).allowed);
+    // ICMP between endpoints is IPv4: y/a's IPv4 address is matched.
+    assert!(ingress("y/b", "y/a", icmp(IcmpVersion::V4, 8, None)).allowed);
+}
+
+#[test]
+fn not_icmp_negates_and_never_matches_other_protocols() {
+    let c = cluster(
+        r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: not-icmp}
+spec:
+  selector: app == 'a'
+  ingress:
+  - action: Deny
+    protocol: ICMP
+    notICMP: {type: 8}
+  - action: Allow
+    protocol: ICMP
+  - action: Deny
+    protocol: ICMPv6
+    notICMP: {type: 128, code: 0}
+  - action: Allow
+    protocol: 58
+"#,
+    );
+    let ingress = |from: &str, t: Transport| evaluate(&c, &carrying(from, "y/a", t)).ingress;
+    let v4 = |t, code| ingress("z/c", icmp(IcmpVersion::V4, t, code));
+    let v6 = |t, code| ingress("fd00::9", icmp(IcmpVersion::V6, t, code));
+    assert_eq!(
+        deciding_rule(&v4(8, Some(0))),
+        Some(1),
+        "echo is not denied"
+    );
+    assert_eq!(
+        deciding_rule(&v4(0, Some(0))),
+        Some(0),
+        "anything but echo is"
+    );
+    // Type and code negated together: only 128/0 gets past the Deny.
+    assert_eq!(deciding_rule(&v6(128, Some(0))), Some(3));
+    assert_eq!(deciding_rule(&v6(128, Some(1))), Some(2));
+    assert_eq!(deciding_rule(&v6(129, Some(0))), Some(2));
+    assert_eq!(
+        deciding_rule(&v6(128, None)),
+        Some(2),
+        "an unknown code is not 0"
+    );
+    // notICMP is no "anything but": a TCP packet is not ICMP, so the Deny does not match.
+    let tcp = ingress("z/c", with_source_port(Protocol::Tcp, 8, 80));
+    assert_eq!(
+        tcp.decision,
+        Decision::TierDefault {
+            tier: "default".into()
+        }
+    );
+}
+
+#[test]
+fn icmp_and_icmpv6_rules_are_tied_to_their_families() {
+    let c = cluster(
+        r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: families}
+spec:
+  selector: app == 'a'
+  ingress:
+  - action: Allow
+    protocol: ICMPv6
+  - action: Allow
+    protocol: ICMP
+    icmp: {type: 8}
+    source: {nets: [10.0.0.0/8]}
+"#,
+    );
+    let allowed = |from: &str, t: Transport| evaluate(&c, &carrying(from, "y/a", t)).allowed;
+    let echo = icmp(IcmpVersion::V4, 8, Some(0));
+    let echo6 = icmp(IcmpVersion::V6, 128, Some(0));
+    assert!(allowed("x/b", echo), "x/b's IPv4 address is in 10.0.0.0/8");
+    assert!(allowed("x/b", echo6), "ICMPv6 between endpoints is IPv6");
+    assert!(allowed("fd00::9", echo6));
+    // Felix renders ICMP rules into IPv4 chains only and ICMPv6 rules into IPv6 ones, so
+    // protocol 58 in an IPv4 packet (and 1 in an IPv6 one) matches neither rule.
+    assert!(!allowed("10.0.9.9", echo6));
+    assert!(!allowed("fd00::9", echo));
+}
+
+#[test]
+fn known_source_ports_match_source_port_rules() {
+    let c = cluster(
+        r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: source-ports}
+spec:
+  selector: app == 'a'
+  ingress:
+  - action: Allow
+    protocol: UDP
+    source: {ports: [53, "5000:5010"]}
+  - action: Allow
+    protocol: TCP
+    source: {ports: [http]}
+  - action: Deny
+    protocol: TCP
+    source: {notPorts: ["1:1023"]}
+  - action: Allow
+    protocol: TCP
+"#,
+    );
+    let rule =
+        |from: &str, t: Transport| deciding_rule(&evaluate(&c, &carrying(from, "y/a", t)).ingress);
+    let udp = |sport| rule("x/b", with_source_port(Protocol::Udp, sport, 53));
+    let tcp = |from: &str, sport| rule(from, with_source_port(Protocol::Tcp, sport, 80));
+    assert_eq!(udp(53), Some(0), "a number");
+    assert_eq!(udp(5005), Some(0), "a range");
+    assert_eq!(udp(5011), None, "outside both: the tier's default");
+    // A named source port is the source endpoint's: x/b names 9090 http, x/a 8080.
+    assert_eq!(tcp("x/b", 9090), Some(1));
+    assert_eq!(tcp("x/a", 8080), Some(1));
+    assert_eq!(
+        tcp("x/a", 9090),
+        Some(2),
+        "not x/a's http, and not below 1024"
+    );
+    assert_eq!(tcp("z/c", 8080), Some(2), "z/c names no ports");
+    assert_eq!(
+        tcp("10.9.9.9", 9090),
+        Some(2),
+        "an external address names no ports"
+    );
+    // notPorts: a privileged source port is let through.
+    assert_eq!(tcp("x/a", 80), Some(3));
+}
+
+#[test]
+fn an_unknown_source_port_matches_no_ports_and_every_not_ports() {
+    let c = cluster(
+        r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: source-ports}
+spec:
+  selector: app == 'a'
+  ingress:
+  - action: Allow
+    protocol: UDP
+    source: {ports: ["1:65535"]}
+  - action: Deny
+    protocol: TCP
+    source: {notPorts: ["1:65535"]}
+  - action: Allow
+"#,
+    );
+    let rule = |p| deciding_rule(&evaluate(&c, &packet("x/b", "y/a", p, 53)).ingress);
+    assert_eq!(
+        rule(Protocol::Udp),
+        Some(2),
+        "no source.ports entry matches"
+    );
+    assert_eq!(rule(Protocol::Tcp), Some(1), "every source.notPorts does");
+    // The matrix makes the same assumption.
+    assert!(!reach(&c, 53, Protocol::Tcp).contains(&"x/b>y/a".to_owned()));
+    assert!(reach(&c, 53, Protocol::Udp).contains(&"x/b>y/a".to_owned()));
+}
+
+#[test]
+fn transports_serialize_flat() {
+    let json = |t: Transport| serde_json::to_value(t).unwrap();
+    assert_eq!(
+        json(Transport::Ports {
+            protocol: Protocol::Udp,
+            port: 53,
+            source_port: None
+        }),
+        json!({"protocol": "UDP", "port": 53})
+    );
+    assert_eq!(
+        json(with_source_port(Protocol::Tcp, 40000, 80)),
+        json!({"protocol": "TCP", "port": 80, "sourcePort": 40000})
+    );
+    assert_eq!(
+        json(icmp(IcmpVersion::V6, 128, Some(0))),
+        json!({"protocol": "ICMPv6", "icmpType": 128, "icmpCode": 0})
+    );
+    assert_eq!(
+        json(icmp(IcmpVersion::V4, 8, None)),
+        json!({"protocol": "ICMP", "icmpType": 8})
+    );
+    assert_eq!(
+        icmp(IcmpVersion::V4, 3, Some(4)).to_string(),
+        "ICMP type 3 code 4"
+    );
+    assert_eq!(
+        with_source_port(Protocol::Tcp, 40000, 80).to_string(),
+        "TCP/80 (source port 40000)"
+    );
+}
+
 #[test]
 fn matrix_is_fast_for_a_hundred_endpoints_and_policies() {
     let mut yaml = String::new();
@@ -1170,17 +1440,20 @@ fn verdicts_serialize_as_plain_data() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// matrix() against a straightforward reading of the Kubernetes rules
+// matrix() and evaluate() against a straightforward reading of the rules
 // ---------------------------------------------------------------------------------------------
 
 mod reference {
-    //! Random small clusters of Kubernetes NetworkPolicies only, with reachability computed
-    //! directly from the Kubernetes semantics: a pod is isolated in a direction when any
-    //! policy of that type selects it, and then reachable only through the union of their
-    //! rules. No tiers, no Calico rules, no selectors language.
+    //! Random small clusters of Kubernetes NetworkPolicies, behind an optional Calico
+    //! GlobalNetworkPolicy in a tier `guard` (default action Pass) whose rules match on
+    //! protocol, `notProtocol`, `icmp`, `notICMP`, source ports and destination ports.
+    //! Reachability is computed directly from the semantics: the first guard rule that
+    //! matches decides (Pass, or no match, hands over); then a pod is isolated in a direction
+    //! when any Kubernetes policy of that type selects it, and reachable only through the
+    //! union of their rules. No selector language, no tiers beyond the guard.
 
     use std::collections::BTreeMap;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use proptest::prelude::*;
     use serde_json::{json, Value};
@@ -1191,6 +1464,11 @@ mod reference {
     const KEYS: [&str; 2] = ["k", "j"];
     const VALUES: [&str; 2] = ["u", "v"];
     const PORTS: [u16; 2] = [80, 81];
+    /// Source ports packets may come from: around the ports rules name.
+    const SOURCE_PORTS: [u16; 3] = [79, 80, 81];
+    /// ICMP types: echo reply, echo request, ICMPv6 echo request.
+    const ICMP_TYPES: [u8; 3] = [0, 8, 128];
+    const ICMP_CODES: [u8; 2] = [0, 1];
 
     type Labels = BTreeMap<String, String>;
 
@@ -1198,7 +1476,7 @@ mod reference {
     struct TestPod {
         namespace: usize,
         labels: Labels,
-        /// The port it names `web`, if any.
+        /// The port it names `web` (TCP), if any.
         web: Option<u16>,
     }
 
@@ -1233,11 +1511,131 @@ mod reference {
         egress: Option<Vec<TestRule>>,
     }
 
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum TestProtocol {
+        Tcp,
+        Udp,
+        Icmp,
+        IcmpV6,
+    }
+
+    impl TestProtocol {
+        fn number(self) -> u8 {
+            match self {
+                TestProtocol::Tcp => 6,
+                TestProtocol::Udp => 17,
+                TestProtocol::Icmp => 1,
+                TestProtocol::IcmpV6 => 58,
+            }
+        }
+
+        fn has_ports(self) -> bool {
+            matches!(self, TestProtocol::Tcp | TestProtocol::Udp)
+        }
+
+        /// Calico's name, or the number (Calico takes both).
+        fn json(self, by_number: bool) -> Value {
+            match (self, by_number) {
+                (_, true) => json!(self.number()),
+                (TestProtocol::Tcp, false) => json!("TCP"),
+                (TestProtocol::Udp, false) => json!("UDP"),
+                (TestProtocol::Icmp, false) => json!("ICMP"),
+                (TestProtocol::IcmpV6, false) => json!("ICMPv6"),
+            }
+        }
+    }
+
+    /// `icmp`/`notICMP`: a type and a code, each optional (a code only with a type).
+    type IcmpMatch = (Option<u8>, Option<u8>);
+
+    #[derive(Debug, Clone)]
+    struct GuardRule {
+        action: Action,
+        /// The protocol, and whether it is written as a number.
+        protocol: Option<(TestProtocol, bool)>,
+        not_protocol: Option<TestProtocol>,
+        icmp: Option<IcmpMatch>,
+        not_icmp: Option<IcmpMatch>,
+        source_ports: Vec<TestPort>,
+        source_not_ports: Vec<TestPort>,
+        destination_ports: Vec<TestPort>,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Guard {
+        selector: Labels,
+        ingress: Vec<GuardRule>,
+        egress: Vec<GuardRule>,
+    }
+
     #[derive(Debug, Clone)]
     struct TestCluster {
         namespace_labels: Vec<Labels>,
         pods: Vec<TestPod>,
         policies: Vec<TestPolicy>,
+        guard: Option<Guard>,
+    }
+
+    /// What a test packet carries.
+    #[derive(Debug, Clone, Copy)]
+    enum TestTransport {
+        Ports {
+            protocol: TestProtocol,
+            port: u16,
+            source_port: Option<u16>,
+        },
+        Icmp {
+            v6: bool,
+            icmp_type: u8,
+            code: Option<u8>,
+        },
+    }
+
+    impl TestTransport {
+        fn protocol(self) -> TestProtocol {
+            match self {
+                TestTransport::Ports { protocol, .. } => protocol,
+                TestTransport::Icmp { v6: false, .. } => TestProtocol::Icmp,
+                TestTransport::Icmp { v6: true, .. } => TestProtocol::IcmpV6,
+            }
+        }
+
+        /// Between two endpoints with both families, only ICMPv6 is IPv6.
+        fn family(self) -> u8 {
+            match self {
+                TestTransport::Icmp { v6: true, .. } => 6,
+                _ => 4,
+            }
+        }
+
+        fn engine(self) -> Transport {
+            match self {
+                TestTransport::Ports {
+                    protocol,
+                    port,
+                    source_port,
+                } => Transport::Ports {
+                    protocol: match protocol {
+                        TestProtocol::Tcp => Protocol::Tcp,
+                        TestProtocol::Udp => Protocol::Udp,
+                        TestProtocol::Icmp | TestProtocol::IcmpV6 => {
+                            unreachable!("ICMP packets are TestTransport::Icmp")
+                        }
+                    },
+                    port,
+                    source_port,
+                },
+                TestTransport::Icmp {
+                    v6,
+                    icmp_type,
+                    code,
+                } => Transport::Icmp(Icmp {
+                    version: if v6 { IcmpVersion::V6 } else { IcmpVersion::V4 },
+                    icmp_type,
+                    code,
+                }),
+            }
+        }
     }
 
     fn labels() -> impl Strategy<Value = Labels> {
@@ -1298,6 +1696,80 @@ mod reference {
             })
     }
 
+    fn test_protocol() -> impl Strategy<Value = TestProtocol> {
+        prop::sample::select(
+            &[
+                TestProtocol::Tcp,
+                TestProtocol::Udp,
+                TestProtocol::Icmp,
+                TestProtocol::IcmpV6,
+            ][..],
+        )
+    }
+
+    fn icmp_match() -> impl Strategy<Value = IcmpMatch> {
+        (
+            prop::option::of(prop::sample::select(&ICMP_TYPES[..])),
+            prop::option::of(prop::sample::select(&ICMP_CODES[..])),
+        )
+            .prop_map(|(icmp_type, code)| (icmp_type, code.filter(|_| icmp_type.is_some())))
+    }
+
+    /// A rule Calico accepts: ports only with TCP or UDP, ICMP matches only with ICMP or
+    /// ICMPv6.
+    fn guard_rule() -> impl Strategy<Value = GuardRule> {
+        (
+            prop::sample::select(&[Action::Allow, Action::Deny, Action::Pass][..]),
+            prop::option::of((test_protocol(), any::<bool>())),
+            prop::option::of(test_protocol()),
+            (
+                prop::option::of(icmp_match()),
+                prop::option::of(icmp_match()),
+            ),
+            (
+                prop::collection::vec(port(), 0..=2),
+                prop::collection::vec(port(), 0..=1),
+                prop::collection::vec(port(), 0..=1),
+            ),
+        )
+            .prop_map(
+                |(
+                    action,
+                    protocol,
+                    not_protocol,
+                    (icmp, not_icmp),
+                    (sports, not_sports, dports),
+                )| {
+                    let is_icmp = protocol.is_some_and(|(p, _)| !p.has_ports());
+                    let has_ports = protocol.is_some_and(|(p, _)| p.has_ports());
+                    let ports = |list: Vec<TestPort>| if has_ports { list } else { Vec::new() };
+                    GuardRule {
+                        action,
+                        protocol,
+                        not_protocol,
+                        icmp: icmp.filter(|_| is_icmp),
+                        not_icmp: not_icmp.filter(|_| is_icmp),
+                        source_ports: ports(sports),
+                        source_not_ports: ports(not_sports),
+                        destination_ports: ports(dports),
+                    }
+                },
+            )
+    }
+
+    fn guard() -> impl Strategy<Value = Guard> {
+        (
+            labels(),
+            prop::collection::vec(guard_rule(), 1..=3),
+            prop::collection::vec(guard_rule(), 1..=3),
+        )
+            .prop_map(|(selector, ingress, egress)| Guard {
+                selector,
+                ingress,
+                egress,
+            })
+    }
+
     fn test_cluster() -> impl Strategy<Value = TestCluster> {
         (
             prop::collection::vec(labels(), 3),
@@ -1315,16 +1787,56 @@ mod reference {
                 1..=6,
             ),
             prop::collection::vec(policy(), 0..=4),
+            prop::option::weighted(0.8, guard()),
         )
-            .prop_map(|(namespace_labels, pods, policies)| TestCluster {
+            .prop_map(|(namespace_labels, pods, policies, guard)| TestCluster {
                 namespace_labels,
                 pods,
                 policies,
+                guard,
             })
+    }
+
+    fn transport() -> impl Strategy<Value = TestTransport> {
+        prop_oneof![
+            (
+                prop::sample::select(&[TestProtocol::Tcp, TestProtocol::Udp][..]),
+                prop::sample::select(&PORTS[..]),
+                prop::option::of(prop::sample::select(&SOURCE_PORTS[..])),
+            )
+                .prop_map(|(protocol, port, source_port)| TestTransport::Ports {
+                    protocol,
+                    port,
+                    source_port,
+                }),
+            (
+                any::<bool>(),
+                prop::sample::select(&ICMP_TYPES[..]),
+                prop::option::of(prop::sample::select(&ICMP_CODES[..])),
+            )
+                .prop_map(|(v6, icmp_type, code)| TestTransport::Icmp {
+                    v6,
+                    icmp_type,
+                    code,
+                }),
+        ]
     }
 
     fn ip(pod: usize, t: &TestCluster) -> Ipv4Addr {
         Ipv4Addr::new(10, 0, t.pods[pod].namespace as u8, pod as u8 + 1)
+    }
+
+    fn ipv6(pod: usize, t: &TestCluster) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0xfd00,
+            0,
+            0,
+            0,
+            0,
+            0,
+            t.pods[pod].namespace as u16,
+            pod as u16 + 1,
+        )
     }
 
     fn id(pod: usize, t: &TestCluster) -> String {
@@ -1342,7 +1854,13 @@ mod reference {
     }
 
     /// Whether `peer` (in a policy of namespace `policy_ns`) matches pod `other`.
-    fn peer_matches(peer: &TestPeer, policy_ns: usize, other: usize, t: &TestCluster) -> bool {
+    fn peer_matches(
+        peer: &TestPeer,
+        policy_ns: usize,
+        other: usize,
+        family: u8,
+        t: &TestCluster,
+    ) -> bool {
         let pod = &t.pods[other];
         match peer {
             TestPeer::Pods { pods, namespaces } => {
@@ -1352,29 +1870,38 @@ mod reference {
                 };
                 ns_ok && pods.as_ref().is_none_or(|sel| subset(sel, &pod.labels))
             }
+            // The block is IPv4: an IPv6 packet is never in it.
             TestPeer::Block { prefix, except } => {
                 let addr = u32::from(ip(other, t));
                 let mask = u32::MAX << (32 - u32::from(*prefix));
                 let inside = addr & mask == u32::from(Ipv4Addr::new(10, 0, 0, 0)) & mask;
-                inside && except.is_none_or(|e| pod.namespace != e)
+                family == 4 && inside && except.is_none_or(|e| pod.namespace != e)
             }
         }
     }
 
-    fn port_matches(p: &TestPort, dst: usize, port: u16, t: &TestCluster) -> bool {
+    /// Whether `port` (of `protocol`, at pod `pod`'s end) is `p`; `web` is a TCP port.
+    fn port_is(
+        p: &TestPort,
+        pod: usize,
+        protocol: TestProtocol,
+        port: u16,
+        t: &TestCluster,
+    ) -> bool {
         match p {
             TestPort::Number(n) => *n == port,
             TestPort::Range(lo, hi) => (*lo..=*hi).contains(&port),
-            TestPort::Web => t.pods[dst].web == Some(port),
+            TestPort::Web => protocol == TestProtocol::Tcp && t.pods[pod].web == Some(port),
         }
     }
 
-    /// Whether `local`'s side lets traffic with `other` through, in one direction.
-    fn side_allows(
+    /// Whether `local`'s Kubernetes policies let traffic with `other` through, in one
+    /// direction.
+    fn kubernetes_allows(
         local: usize,
         other: usize,
         dst: usize,
-        port: u16,
+        packet: TestTransport,
         ingress: bool,
         t: &TestCluster,
     ) -> bool {
@@ -1394,6 +1921,15 @@ mod reference {
         if selecting.is_empty() {
             return true;
         }
+        // Kubernetes ports are TCP ports (the protocol defaults to TCP).
+        let port_matches = |pm: &TestPort| match packet {
+            TestTransport::Ports {
+                protocol: TestProtocol::Tcp,
+                port,
+                ..
+            } => port_is(pm, dst, TestProtocol::Tcp, port, t),
+            _ => false,
+        };
         t.policies
             .iter()
             .filter(|p| p.namespace == pod.namespace && subset(&p.selector, &pod.labels))
@@ -1403,20 +1939,123 @@ mod reference {
                     (r.peers.is_empty()
                         || r.peers
                             .iter()
-                            .any(|peer| peer_matches(peer, p.namespace, other, t)))
-                        && (r.ports.is_empty()
-                            || r.ports.iter().any(|pm| port_matches(pm, dst, port, t)))
+                            .any(|peer| peer_matches(peer, p.namespace, other, packet.family(), t)))
+                        && (r.ports.is_empty() || r.ports.iter().any(port_matches))
                 })
             })
     }
 
-    fn reference_allowed(from: usize, to: usize, port: u16, t: &TestCluster) -> bool {
+    /// Whether a guard rule matches a packet from `src` to `dst`.
+    fn guard_rule_matches(
+        r: &GuardRule,
+        src: usize,
+        dst: usize,
+        packet: TestTransport,
+        t: &TestCluster,
+    ) -> bool {
+        let protocol = packet.protocol();
+        let (source_port, port, icmp) = match packet {
+            TestTransport::Ports {
+                port, source_port, ..
+            } => (source_port, Some(port), None),
+            TestTransport::Icmp {
+                icmp_type, code, ..
+            } => (None, None, Some((icmp_type, code))),
+        };
+        // Each given field is the packet's; a code the packet does not give is no code.
+        let holds = |(want_type, want_code): IcmpMatch, (icmp_type, code): (u8, Option<u8>)| {
+            want_type.is_none_or(|w| w == icmp_type) && want_code.is_none_or(|w| code == Some(w))
+        };
+        let icmp_ok = match (r.icmp, icmp) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(m), Some(packet)) => holds(m, packet),
+        };
+        let not_icmp_ok = match (r.not_icmp, icmp) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            // Nothing to negate: no condition.
+            (Some((None, None)), Some(_)) => true,
+            (Some(m), Some(packet)) => !holds(m, packet),
+        };
+        // An unknown (or missing) port is none that a list names.
+        let any_port = |list: &[TestPort], pod: usize, port: Option<u16>| {
+            port.is_some_and(|port| list.iter().any(|p| port_is(p, pod, protocol, port, t)))
+        };
+        r.protocol.is_none_or(|(p, _)| p == protocol)
+            && r.not_protocol.is_none_or(|p| p != protocol)
+            && icmp_ok
+            && not_icmp_ok
+            && (r.source_ports.is_empty() || any_port(&r.source_ports, src, source_port))
+            && !any_port(&r.source_not_ports, src, source_port)
+            && (r.destination_ports.is_empty() || any_port(&r.destination_ports, dst, port))
+    }
+
+    /// What the guard decides on `local`'s side: `None` when it does not select the pod, no
+    /// rule matches (its tier passes) or a Pass rule matches.
+    fn guard_decides(
+        local: usize,
+        src: usize,
+        dst: usize,
+        packet: TestTransport,
+        ingress: bool,
+        t: &TestCluster,
+    ) -> Option<bool> {
+        let guard = t.guard.as_ref()?;
+        if !subset(&guard.selector, &t.pods[local].labels) {
+            return None;
+        }
+        let rules = if ingress {
+            &guard.ingress
+        } else {
+            &guard.egress
+        };
+        match rules
+            .iter()
+            .find(|r| guard_rule_matches(r, src, dst, packet, t))?
+            .action
+        {
+            Action::Allow => Some(true),
+            Action::Deny => Some(false),
+            _ => None,
+        }
+    }
+
+    fn side_allows(
+        local: usize,
+        other: usize,
+        packet: TestTransport,
+        ingress: bool,
+        t: &TestCluster,
+    ) -> bool {
+        let (src, dst) = if ingress {
+            (other, local)
+        } else {
+            (local, other)
+        };
+        guard_decides(local, src, dst, packet, ingress, t)
+            .unwrap_or_else(|| kubernetes_allows(local, other, dst, packet, ingress, t))
+    }
+
+    fn reference_allowed(from: usize, to: usize, packet: TestTransport, t: &TestCluster) -> bool {
         from == to
-            || side_allows(from, to, to, port, false, t) && side_allows(to, from, to, port, true, t)
+            || side_allows(from, to, packet, false, t) && side_allows(to, from, packet, true, t)
     }
 
     fn selector_json(labels: &Labels) -> Value {
         json!({"matchLabels": labels})
+    }
+
+    /// The same labels as a Calico selector.
+    fn calico_selector(labels: &Labels) -> String {
+        if labels.is_empty() {
+            return "all()".to_owned();
+        }
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k} == '{v}'"))
+            .collect::<Vec<_>>()
+            .join(" && ")
     }
 
     fn rule_json(rule: &TestRule, ingress: bool) -> Value {
@@ -1456,6 +2095,56 @@ mod reference {
         json!({peer_field: peers, "ports": ports})
     }
 
+    fn calico_ports(ports: &[TestPort]) -> Value {
+        ports
+            .iter()
+            .map(|p| match p {
+                TestPort::Number(n) => json!(n),
+                TestPort::Web => json!("web"),
+                TestPort::Range(lo, hi) => json!(format!("{lo}:{hi}")),
+            })
+            .collect()
+    }
+
+    fn icmp_json((icmp_type, code): IcmpMatch) -> Value {
+        let mut v = json!({});
+        if let Some(t) = icmp_type {
+            v["type"] = json!(t);
+        }
+        if let Some(c) = code {
+            v["code"] = json!(c);
+        }
+        v
+    }
+
+    fn guard_rule_json(r: &GuardRule) -> Value {
+        let mut v = json!({"action": format!("{:?}", r.action)});
+        if let Some((p, by_number)) = r.protocol {
+            v["protocol"] = p.json(by_number);
+        }
+        if let Some(p) = r.not_protocol {
+            v["notProtocol"] = p.json(false);
+        }
+        if let Some(m) = r.icmp {
+            v["icmp"] = icmp_json(m);
+        }
+        if let Some(m) = r.not_icmp {
+            v["notICMP"] = icmp_json(m);
+        }
+        v["source"] = json!({});
+        if !r.source_ports.is_empty() {
+            v["source"]["ports"] = calico_ports(&r.source_ports);
+        }
+        if !r.source_not_ports.is_empty() {
+            v["source"]["notPorts"] = calico_ports(&r.source_not_ports);
+        }
+        v["destination"] = json!({});
+        if !r.destination_ports.is_empty() {
+            v["destination"]["ports"] = calico_ports(&r.destination_ports);
+        }
+        v
+    }
+
     fn to_resources(t: &TestCluster) -> Vec<Resource> {
         let mut docs = Vec::new();
         for (i, labels) in t.namespace_labels.iter().enumerate() {
@@ -1471,7 +2160,7 @@ mod reference {
             docs.push(json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": format!("p{i}"), "namespace": NAMESPACES[pod.namespace], "labels": pod.labels},
                 "spec": {"containers": [{"name": "c", "ports": ports}]},
-                "status": {"podIP": ip(i, t).to_string()}}));
+                "status": {"podIPs": [{"ip": ip(i, t).to_string()}, {"ip": ipv6(i, t).to_string()}]}}));
         }
         for (i, p) in t.policies.iter().enumerate() {
             let mut types = Vec::new();
@@ -1491,6 +2180,18 @@ mod reference {
                 "spec": spec}),
             );
         }
+        if let Some(guard) = &t.guard {
+            docs.push(json!({"apiVersion": "projectcalico.org/v3", "kind": "Tier",
+                "metadata": {"name": "guard"}, "spec": {"order": 100, "defaultAction": "Pass"}}));
+            docs.push(
+                json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+                "metadata": {"name": "guard.rules"},
+                "spec": {"tier": "guard", "selector": calico_selector(&guard.selector),
+                         "types": ["Ingress", "Egress"],
+                         "ingress": guard.ingress.iter().map(guard_rule_json).collect::<Vec<_>>(),
+                         "egress": guard.egress.iter().map(guard_rule_json).collect::<Vec<_>>()}}),
+            );
+        }
         docs.into_iter()
             .map(|d| {
                 decode(d.clone())
@@ -1504,15 +2205,17 @@ mod reference {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
         #[test]
-        fn matrix_matches_the_kubernetes_semantics(t in test_cluster(), port in prop::sample::select(&PORTS[..])) {
+        fn matrix_matches_the_reference(t in test_cluster(), port in prop::sample::select(&PORTS[..])) {
             let cluster = Cluster::from_resources(to_resources(&t)).unwrap();
             let m = matrix(&cluster, port, Protocol::Tcp);
+            // The matrix's packets come from an unknown source port.
+            let packet = TestTransport::Ports { protocol: TestProtocol::Tcp, port, source_port: None };
             let mut expected_allowed = Vec::new();
             let mut expected_denied = Vec::new();
             for from in 0..t.pods.len() {
                 for to in 0..t.pods.len() {
                     let pair = (id(from, &t), id(to, &t));
-                    if reference_allowed(from, to, port, &t) {
+                    if reference_allowed(from, to, packet, &t) {
                         expected_allowed.push(pair);
                     } else {
                         expected_denied.push(pair);
@@ -1523,6 +2226,30 @@ mod reference {
             expected_denied.sort();
             prop_assert_eq!(m.allowed, expected_allowed);
             prop_assert_eq!(m.denied, expected_denied);
+        }
+
+        #[test]
+        fn evaluate_matches_the_reference_for_icmp_and_source_ports(
+            t in test_cluster(),
+            packets in prop::collection::vec(transport(), 1..=4),
+        ) {
+            let cluster = Cluster::from_resources(to_resources(&t)).unwrap();
+            for packet in packets {
+                for from in 0..t.pods.len() {
+                    for to in 0..t.pods.len() {
+                        let verdict = evaluate(&cluster, &Packet {
+                            from: Peer::Endpoint(id(from, &t)),
+                            to: Peer::Endpoint(id(to, &t)),
+                            transport: packet.engine(),
+                        });
+                        prop_assert_eq!(
+                            verdict.allowed,
+                            reference_allowed(from, to, packet, &t),
+                            "{:?} from {} to {}: {:?}", packet, id(from, &t), id(to, &t), verdict
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -52,3 +52,29 @@ spec:
   profiles: [kns.y]
   ports: [{name: web, protocol: TCP, port: 5432}]
 ";
+
+/// node1's address in the golden cluster (its Node resource's).
+pub const NODE1_ADDRESS: &str = "198.18.0.11";
+
+/// A YAML document to append to the golden cluster: node1 accepts what its workloads send
+/// it (after their egress policy) instead of Calico's default, Drop.
+pub const NODE1_ACCEPTS_WORKLOADS: &str = "---
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: node.node1}
+spec: {defaultEndpointToHostAction: Accept}
+";
+
+/// A YAML document to append to the golden cluster: node1's host endpoint lets TCP 80 in
+/// from 192.0.2.0/24 and TCP 81 out to it (which its other policies do not).
+pub const NODE1_OUTSIDE_POLICY: &str = "---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: outside}
+spec:
+  order: 50
+  selector: host == 'node1'
+  types: [Ingress, Egress]
+  ingress: [{action: Allow, protocol: TCP, source: {nets: [192.0.2.0/24]}, destination: {ports: [80]}}]
+  egress: [{action: Allow, protocol: TCP, destination: {nets: [192.0.2.0/24], ports: [81]}}]
+";

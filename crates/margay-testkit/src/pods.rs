@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use margay_policy::program::Program;
-use margay_policy::{evaluate, Cluster, Packet, Peer, Protocol};
+use margay_policy::{evaluate, Cluster, Packet, Peer, Protocol, Transport};
 
 use crate::netns::TestNs;
 
@@ -117,8 +117,11 @@ impl PodNetwork {
                                 &Packet {
                                     from: Peer::Endpoint(from.clone()),
                                     to: Peer::Endpoint(to.clone()),
-                                    protocol: Protocol::Tcp,
-                                    port,
+                                    transport: Transport::Ports {
+                                        protocol: Protocol::Tcp,
+                                        port,
+                                        source_port: None,
+                                    },
                                 },
                             )
                             .allowed
@@ -139,4 +142,148 @@ impl PodNetwork {
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
         assert!(allowed >= 5, "the fixture should allow some traffic");
     }
+
+    /// A namespace outside the node, linked to it by a veth whose node end is `iface` (a host
+    /// endpoint's interface): the node has `node_ip` on it and the outside `ip`, each with a
+    /// route to the other through the link, and the outside routes the pods' 10/8 through
+    /// the node.
+    pub fn outside(&self, iface: &str, node_ip: IpAddr, ip: IpAddr) -> Outside {
+        let ns = self.node.sibling();
+        let node = &self.node;
+        node.ip(&format!(
+            "link add {iface} type veth peer name eth0 netns {}",
+            ns.name()
+        ));
+        node.ip(&format!("addr add {node_ip}/32 dev {iface}"));
+        node.ip(&format!("link set {iface} up"));
+        node.ip(&format!("route add {ip}/32 dev {iface}"));
+        ns.ip("link set lo up");
+        ns.ip("link set eth0 up");
+        ns.ip(&format!("addr add {ip}/32 dev eth0"));
+        ns.ip(&format!("route add {node_ip}/32 dev eth0"));
+        ns.ip(&format!("route add 10.0.0.0/8 via {node_ip} dev eth0"));
+        Outside { ns, ip, node_ip }
+    }
+
+    /// Every pod connects to `host`, an address of the node namespace, on every port at
+    /// once (nothing listens there either).
+    pub fn connect_to_host(&self, host: IpAddr) {
+        let targets: Vec<String> = PORTS.iter().map(|port| format!("{host}/{port}")).collect();
+        for src in &self.pods {
+            src.ns.exec(&[
+                "bash",
+                "-c",
+                &format!(
+                    "for t in {}; do timeout 1 bash -c \"echo > /dev/tcp/$t\" 2>/dev/null & done; \
+                     wait; true",
+                    targets.join(" ")
+                ),
+            ]);
+        }
+    }
+
+    /// Panics unless a SYN to `host` (an address of the node the engine knows from its Node
+    /// resource) arrived (`arrived(i, port)`: from `pods[i]` on `port`) exactly where the
+    /// engine allows it. Returns how many the engine allows.
+    pub fn assert_engine_agrees_to_host(
+        &self,
+        cluster: &Cluster,
+        host: IpAddr,
+        arrived: impl Fn(usize, u16) -> bool,
+    ) -> usize {
+        let mut wrong = Vec::new();
+        let mut allowed = 0;
+        for (i, src) in self.pods.iter().enumerate() {
+            for port in PORTS {
+                let arrived = arrived(i, port);
+                let expected = src.id.as_ref().is_some_and(|from| {
+                    let packet = Packet {
+                        from: Peer::Endpoint(from.clone()),
+                        to: Peer::Ip(host),
+                        transport: Transport::Ports {
+                            protocol: Protocol::Tcp,
+                            port,
+                            source_port: None,
+                        },
+                    };
+                    evaluate(cluster, &packet).allowed
+                });
+                allowed += usize::from(expected);
+                if arrived != expected {
+                    wrong.push(format!(
+                        "{} -> {host} port {port}: arrived {arrived}, engine allows {expected}",
+                        src.ip
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        allowed
+    }
+}
+
+/// A namespace outside the node, behind one of its interfaces ([`PodNetwork::outside`]).
+pub struct Outside {
+    pub ns: TestNs,
+    pub ip: IpAddr,
+    /// The node's address on the link.
+    pub node_ip: IpAddr,
+}
+
+/// `from` connects to `to` on every port of [`PORTS`] at once; nothing listens, so an
+/// arriving SYN is answered with a reset, and a dropped one times out.
+pub fn connect(from: &TestNs, to: IpAddr) {
+    let targets: Vec<String> = PORTS.iter().map(|port| format!("{to}/{port}")).collect();
+    from.exec(&[
+        "bash",
+        "-c",
+        &format!(
+            "for t in {}; do timeout 1 bash -c \"echo > /dev/tcp/$t\" 2>/dev/null & done; \
+             wait; true",
+            targets.join(" ")
+        ),
+    ]);
+}
+
+/// Panics unless what passed the node between it and `outside` on each port of [`PORTS`]
+/// is what the engine allows: the outside's connections to the node (`into_node(port)`: the
+/// node's host endpoint let the SYN in) and the node's to the outside (`out_of_node(port)`:
+/// the SYN left). Returns how many the engine allows each way.
+pub fn assert_engine_agrees_through_host_endpoint(
+    cluster: &Cluster,
+    outside: &Outside,
+    into_node: impl Fn(u16) -> bool,
+    out_of_node: impl Fn(u16) -> bool,
+) -> (usize, usize) {
+    let mut wrong = Vec::new();
+    let mut allowed = (0, 0);
+    let packet = |from: IpAddr, to: IpAddr, port: u16| Packet {
+        from: Peer::Ip(from),
+        to: Peer::Ip(to),
+        transport: Transport::Ports {
+            protocol: Protocol::Tcp,
+            port,
+            source_port: None,
+        },
+    };
+    for port in PORTS {
+        let (outside_ip, node_ip) = (outside.ip, outside.node_ip);
+        // The outside is no endpoint: only the node's side decides.
+        let inward = evaluate(cluster, &packet(outside_ip, node_ip, port)).allowed;
+        let outward = evaluate(cluster, &packet(node_ip, outside_ip, port)).allowed;
+        allowed.0 += usize::from(inward);
+        allowed.1 += usize::from(outward);
+        for (what, arrived, expected) in [
+            ("into the node", into_node(port), inward),
+            ("out of the node", out_of_node(port), outward),
+        ] {
+            if arrived != expected {
+                wrong.push(format!(
+                    "{what} on port {port}: passed {arrived}, engine allows {expected}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    allowed
 }

@@ -101,11 +101,21 @@ struct TraceArgs {
     /// The destination: NS/POD, or an IP address.
     #[arg(long)]
     to: String,
-    /// Destination port.
+    /// Destination port (TCP, UDP and SCTP).
     #[arg(long)]
-    port: u16,
-    #[arg(long, ignore_case = true, default_value = "TCP")]
-    protocol: margay_policy::Protocol,
+    port: Option<u16>,
+    /// TCP, UDP, SCTP, ICMP or ICMPv6.
+    #[arg(long, default_value = "TCP")]
+    protocol: margay_ctl::trace::TraceProtocol,
+    /// Source port [default: an ephemeral one, which no source port rule matches].
+    #[arg(long)]
+    source_port: Option<u16>,
+    /// ICMP or ICMPv6 type (required with those protocols).
+    #[arg(long)]
+    icmp_type: Option<u8>,
+    /// ICMP or ICMPv6 code [default: one no rule names].
+    #[arg(long)]
+    icmp_code: Option<u8>,
     #[arg(short, long, value_enum, default_value = "table")]
     output: StatusOutput,
 }
@@ -554,8 +564,11 @@ async fn run_with_datastore(cli: Cli) -> anyhow::Result<()> {
             let request = margay_ctl::trace::TraceRequest {
                 from: t.from,
                 to: t.to,
-                port: t.port,
                 protocol: t.protocol,
+                port: t.port,
+                source_port: t.source_port,
+                icmp_type: t.icmp_type,
+                icmp_code: t.icmp_code,
             };
             let trace = margay_ctl::trace::trace(&client, &request).await?;
             match t.output {

@@ -657,6 +657,161 @@ fn policies_are_enforced_on_iptables_and_the_dataplane_switches_at_runtime() {
     lab.assert_gone();
 }
 
+/// A server (`margay lab serve`) in a node's namespace, answering with its name on some TCP
+/// ports; stopped on drop, also when the test panics.
+struct NodeServer(std::process::Child);
+
+impl NodeServer {
+    fn start(netns: &str, name: &str, ports: &[u16]) -> NodeServer {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, BIN, "lab", "serve", "--name", name])
+            .args(["--tcp", &ports.join(",")])
+            .env_remove("CNI_COMMAND")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        NodeServer(child)
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `bash` connecting to `ip:port` and printing the first line it reads, within 2 s.
+fn connect_script(ip: &str, port: u16) -> String {
+    format!("exec 3<>/dev/tcp/{ip}/{port} && head -1 <&3")
+}
+
+/// Whether a TCP connection from node namespace `netns` to `ip:port` reaches `name`'s server.
+fn node_connects(netns: &str, ip: &str, port: u16, name: &str) -> bool {
+    let out = host::run(
+        Command::new("ip")
+            .args(["netns", "exec", netns, "timeout", "2", "bash", "-c"])
+            .arg(connect_script(ip, port)),
+    );
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == name
+}
+
+/// Whether a TCP connection from `pod` to `ip:port` reaches `name`'s server.
+fn pod_connects(lab: &Lab, pod: &str, ip: &str, port: u16, name: &str) -> bool {
+    let script = connect_script(ip, port);
+    let out = lab.run("exec", &[pod, "--", "timeout", "2", "bash", "-c", &script]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == name
+}
+
+/// Until `done` holds (at most 10 s).
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// node-1's uplink as a host endpoint, with Calico's default-allow profile.
+fn node1_host_endpoint(ip: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\n\
+         metadata: {{name: node-1-eth0, labels: {{role: node}}}}\n\
+         spec: {{node: node-1, interfaceName: eth0, expectedIPs: [{ip}], \
+         profiles: [projectcalico-default-allow]}}\n"
+    )
+}
+
+/// Denies TCP into the nodes' host endpoints.
+const DENY_TCP_TO_NODES: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: deny-tcp-to-nodes}
+spec:
+  selector: role == 'node'
+  types: [Ingress]
+  ingress: [{action: Deny, protocol: TCP}]
+"#;
+
+/// node-1 accepts what its workloads send it.
+const NODE1_ACCEPTS_WORKLOADS: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: node.node-1}
+spec: {defaultEndpointToHostAction: Accept}
+"#;
+
+/// Traffic to node-1 itself, with a server on it answering on a failsafe port (179, BGP) and
+/// another (8080): a pod on node-1 reaches it only once `defaultEndpointToHostAction` is
+/// Accept (Calico's default is Drop), a pod on node-2 and node-2 itself always; then node-1's
+/// uplink becomes a host endpoint and a policy denies TCP into it: 8080 is cut off from
+/// node-2 and its pod, 179 still connects, and pods still reach each other as the engine
+/// predicts (VXLAN between the nodes is not subject to host endpoint policy); deleting the
+/// policy opens 8080 again.
+fn host_sequence(lab: &Lab) {
+    let status = lab.json("status", &["-o", "json"]);
+    let node_ip = |i: usize| -> String {
+        let ip = status["nodes"][i]["ip"].as_str().unwrap();
+        ip.split('/').next().unwrap().to_owned()
+    };
+    let namespaces = lab.node_namespaces();
+    let (ip, node2) = (node_ip(0), &namespaces[1]);
+    let _server = NodeServer::start(&namespaces[0], "node-1", &[179, 8080]);
+    wait_for("node-1's server", || {
+        node_connects(node2, &ip, 8080, "node-1")
+    });
+    assert!(pod_connects(lab, "x/b", &ip, 8080, "node-1"));
+    assert!(!pod_connects(lab, "x/a", &ip, 8080, "node-1"));
+    lab.apply(NODE1_ACCEPTS_WORKLOADS);
+    wait_for("x/a reaching its node", || {
+        pod_connects(lab, "x/a", &ip, 8080, "node-1")
+    });
+    lab.delete(NODE1_ACCEPTS_WORKLOADS);
+    wait_for("x/a cut off from its node again", || {
+        !pod_connects(lab, "x/a", &ip, 8080, "node-1")
+    });
+
+    let host_endpoint = node1_host_endpoint(&ip);
+    lab.apply(&host_endpoint);
+    // The default-allow profile: nothing changes yet.
+    assert!(node_connects(node2, &ip, 8080, "node-1"));
+    lab.apply(DENY_TCP_TO_NODES);
+    wait_for("8080 denied into node-1", || {
+        !node_connects(node2, &ip, 8080, "node-1")
+    });
+    assert!(!pod_connects(lab, "x/b", &ip, 8080, "node-1"));
+    assert!(node_connects(node2, &ip, 179, "node-1"), "failsafe port");
+    assert!(
+        pod_connects(lab, "x/b", &ip, 179, "node-1"),
+        "failsafe port"
+    );
+    lab.wait_verified("a host endpoint denying TCP");
+    for s in lab.agent_statuses() {
+        let hosts = if s["node"] == "node-1" { 1 } else { 0 };
+        assert_eq!(s["policy"]["hostEndpoints"], hosts, "{s}");
+    }
+    lab.delete(DENY_TCP_TO_NODES);
+    wait_for("8080 open again", || {
+        node_connects(node2, &ip, 8080, "node-1")
+    });
+    lab.delete(&host_endpoint);
+}
+
+#[test]
+fn host_endpoints_and_traffic_to_nodes_on_both_dataplanes() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = Lab::xyz();
+    host_sequence(&lab);
+    lab.switch_dataplane("iptables");
+    host_sequence(&lab);
+    lab.ok("down", &[]);
+    lab.assert_gone();
+}
+
 #[test]
 fn down_after_kill_9_of_the_agents_cleans_up() {
     if skip_unless_root() {

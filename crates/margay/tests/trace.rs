@@ -280,13 +280,15 @@ fn kubernetes_default_deny_is_the_end_of_tier_default() {
     // Egress still allowed at the source: only the destination's side denies.
     assert_eq!(json["egress"]["allowed"], true);
 
-    // node2's own traffic to its pod takes the output path, which no policy chain sees.
+    // node2's own traffic to its pod takes the output path, which no policy applies to.
     let host = env.trace_json("10.244.0.65", "y/b", 80);
     assert_eq!(host["source"]["host"]["node"], "node2");
     assert_eq!(host["source"]["host"]["role"], "VXLAN tunnel address");
     assert_eq!(host["route"]["path"]["kind"], "localWorkload");
     assert_eq!(host["verdict"]["allowed"], true);
-    assert_eq!(host["verdict"]["policyAllowed"], false);
+    assert_eq!(host["verdict"]["policyAllowed"], true);
+    assert_eq!(host["ingress"]["decision"]["by"], "fromHost");
+    assert_eq!(host["verdict"]["dataplane"]["nftables"]["chain"], "output");
     // node1's traffic crosses to node2 and meets y/b's ingress policy there.
     let remote = env.trace_json("192.168.1.10", "y/b", 80);
     assert_eq!(remote["source"]["host"]["role"], "node address");
@@ -526,4 +528,309 @@ fn bad_input_is_one_line_and_a_denial_still_exits_zero() {
     let out = env.run(&["trace", "--from", "x/a", "--to", "y/b", "--port", "80"]);
     assert!(out.status.success());
     assert_contains(&String::from_utf8_lossy(&out.stdout), "DENIED");
+}
+
+/// Echo requests (8/0) into y are allowed; any other ICMP but echo is denied by a notICMP
+/// rule; anything else meets the end of the tier.
+const ICMP_ECHO_ONLY: &str = "\
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: echo
+  namespace: y
+spec:
+  selector: all()
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: ICMP
+    icmp: {type: 8, code: 0}
+  - action: Deny
+    protocol: ICMP
+    notICMP: {type: 8}
+";
+
+#[test]
+fn icmp_is_traced_by_type_and_code() {
+    let env = Env::cluster();
+    env.apply(ICMP_ECHO_ONLY);
+    let icmp = |icmp_type: &str, code: Option<&str>, output: &str| {
+        let mut args = vec![
+            "trace",
+            "--from",
+            "x/a",
+            "--to",
+            "y/b",
+            "--protocol",
+            "icmp",
+            "--icmp-type",
+            icmp_type,
+            "-o",
+            output,
+        ];
+        if let Some(code) = code {
+            args.extend(["--icmp-code", code]);
+        }
+        env.ok(&args)
+    };
+    let json = |icmp_type, code| -> Value {
+        let out = icmp(icmp_type, code, "json");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+
+    let text = icmp("8", Some("0"), "table");
+    check_golden("trace-icmp-echo", &text);
+    assert_contains(&text, "Trace ICMP type 8 code 0 from x/a to y/b (IPv4)");
+    assert_contains(
+        &text,
+        "=> allowed by tier default, policy default.echo in namespace y, ingress rule 0 \
+         (spec.ingress[0])",
+    );
+    let echo = json("8", Some("0"));
+    assert_eq!(echo["protocol"], "ICMP");
+    assert_eq!(echo["icmpType"], 8);
+    assert_eq!(echo["icmpCode"], 0);
+    assert!(echo.get("port").is_none());
+    assert_eq!(echo["verdict"]["allowed"], true);
+    // The Allow is the first nft rule, and two iptables rules (the `-p icmp` one).
+    let ingress = &echo["ingress"]["dataplane"];
+    assert_eq!(ingress["nftables"]["rules"], serde_json::json!([1]));
+    assert_eq!(ingress["iptables"]["rules"], serde_json::json!([1, 2]));
+
+    // Not echo: the notICMP Deny, the second nft rule and the third iptables one.
+    let reply = json("0", Some("0"));
+    assert_eq!(reply["ingress"]["decision"]["rule"]["index"], 1);
+    assert_eq!(reply["verdict"]["stage"], "ingress");
+    assert_eq!(
+        reply["verdict"]["dataplane"]["nftables"]["rules"],
+        serde_json::json!([2])
+    );
+    assert_eq!(
+        reply["verdict"]["dataplane"]["iptables"]["rules"],
+        serde_json::json!([3])
+    );
+    // Echo with another code: not the Allow's 8/0, and the Deny spares type 8.
+    let odd = json("8", Some("1"));
+    assert_eq!(odd["ingress"]["decision"]["by"], "tierDefault");
+    // Without a code, the code is none a rule names: the Allow (8/0) does not match.
+    let unknown = json("8", None);
+    assert!(unknown.get("icmpCode").is_none());
+    assert_eq!(unknown["ingress"]["decision"]["by"], "tierDefault");
+    assert_contains(
+        &icmp("8", None, "table"),
+        "Trace ICMP type 8 from x/a to y/b",
+    );
+
+    // ICMP rules never match TCP.
+    let tcp = env.trace_json("x/a", "y/b", 80);
+    assert_eq!(tcp["ingress"]["decision"]["by"], "tierDefault");
+}
+
+#[test]
+fn source_port_is_traced() {
+    let env = Env::cluster();
+    env.apply(
+        "\
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: from-dns
+  namespace: y
+spec:
+  selector: all()
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: UDP
+    source:
+      ports: [53]
+",
+    );
+    let udp = |source_port: Option<&str>, output: &str| {
+        let mut args = vec![
+            "trace",
+            "--from",
+            "x/a",
+            "--to",
+            "y/b",
+            "--protocol",
+            "UDP",
+            "--port",
+            "5353",
+            "-o",
+            output,
+        ];
+        if let Some(p) = source_port {
+            args.extend(["--source-port", p]);
+        }
+        env.ok(&args)
+    };
+    let text = udp(Some("53"), "table");
+    check_golden("trace-source-port", &text);
+    assert_contains(
+        &text,
+        "Trace UDP/5353 (source port 53) from x/a to y/b (IPv4)",
+    );
+    assert_contains(&text, "6. Verdict: ALLOWED");
+    let json: Value = serde_json::from_str(&udp(Some("53"), "json")).unwrap();
+    assert_eq!(json["protocol"], "UDP");
+    assert_eq!(json["port"], 5353);
+    assert_eq!(json["sourcePort"], 53);
+    assert_eq!(json["ingress"]["decision"]["rule"]["index"], 0);
+
+    // Another source port, or none (ephemeral, as `policy matrix` assumes): denied.
+    let other: Value = serde_json::from_str(&udp(Some("54"), "json")).unwrap();
+    assert_eq!(other["verdict"]["allowed"], false);
+    let ephemeral: Value = serde_json::from_str(&udp(None, "json")).unwrap();
+    assert!(ephemeral.get("sourcePort").is_none());
+    assert_eq!(ephemeral["verdict"]["allowed"], false);
+}
+
+#[test]
+fn flags_that_make_no_packet_are_one_line_errors() {
+    let env = Env::cluster();
+    let fails = |args: &[&str], wanted: &str| {
+        let mut all = vec!["trace", "--from", "x/a", "--to", "y/b"];
+        all.extend(args);
+        let out = env.run(&all);
+        assert!(!out.status.success(), "{all:?} succeeded");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), wanted, "{all:?}");
+    };
+    fails(
+        &["--protocol", "ICMP", "--icmp-type", "8", "--port", "80"],
+        "error: --port: ICMP has no ports: give --icmp-type (and --icmp-code) instead\n",
+    );
+    fails(
+        &[
+            "--protocol",
+            "ICMPv6",
+            "--icmp-type",
+            "128",
+            "--source-port",
+            "1",
+        ],
+        "error: --source-port: ICMPv6 has no ports: give --icmp-type (and --icmp-code) instead\n",
+    );
+    fails(
+        &["--protocol", "ICMP"],
+        "error: --icmp-type: required with --protocol ICMP\n",
+    );
+    fails(
+        &["--port", "80", "--icmp-type", "8"],
+        "error: --icmp-type: needs --protocol ICMP or ICMPv6, not TCP\n",
+    );
+    fails(
+        &["--protocol", "udp", "--port", "53", "--icmp-code", "0"],
+        "error: --icmp-code: needs --protocol ICMP or ICMPv6, not UDP\n",
+    );
+    fails(&[], "error: --port: required with --protocol TCP\n");
+    let out = env.run(&[
+        "trace",
+        "--from",
+        "10.244.0.2",
+        "--to",
+        "y/b",
+        "--protocol",
+        "ICMPv6",
+        "--icmp-type",
+        "128",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: --from: 10.244.0.2 is an IPv4 address and ICMPv6 is IPv6's: use --protocol ICMP\n"
+    );
+    let out = env.run(&["trace", "--from", "x/a", "--to", "y/b", "--protocol", "GRE"]);
+    assert!(!out.status.success());
+    assert_contains(
+        &String::from_utf8_lossy(&out.stderr),
+        "unknown protocol \"GRE\": expected TCP, UDP, SCTP, ICMP or ICMPv6",
+    );
+}
+
+/// A pod's packet to its own node: its egress policy, then the node's
+/// `defaultEndpointToHostAction` (Calico's default Drop; Accept when configured), located in
+/// both renderings' `wl-to-host` chains. To another node, nothing decides on that side.
+#[test]
+fn a_pod_to_its_own_node_meets_the_endpoint_to_host_action() {
+    let env = Env::cluster();
+    let own = env.trace_json("x/a", "192.168.1.10", 22);
+    assert_eq!(own["egress"]["allowed"], true);
+    assert_eq!(own["ingress"]["decision"]["by"], "endpointToHost");
+    assert_eq!(own["ingress"]["decision"]["action"], "Drop");
+    assert_eq!(own["ingress"]["node"], "node1");
+    assert_eq!(own["verdict"]["allowed"], false);
+    assert_eq!(own["verdict"]["stage"], "ingress");
+    let nft = &own["verdict"]["dataplane"]["nftables"];
+    assert_eq!(nft["chain"], "wl-to-host");
+    assert_eq!(
+        nft["comment"],
+        "configured DefaultEndpointToHostAction: Drop"
+    );
+    assert_eq!(
+        own["verdict"]["dataplane"]["iptables"]["chain"],
+        "mgy-wl-to-host"
+    );
+    let text = env.trace("x/a", "10.244.0.1", 22);
+    assert!(
+        text.contains("=> denied by node node1's defaultEndpointToHostAction, Drop"),
+        "{text}"
+    );
+
+    let other = env.trace_json("x/a", "192.168.1.11", 22);
+    assert_eq!(other["ingress"]["decision"]["by"], "notAnEndpoint");
+    assert_eq!(other["verdict"]["allowed"], true);
+
+    env.apply(
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  \
+         name: node.node1\nspec:\n  defaultEndpointToHostAction: Accept\n",
+    );
+    let own = env.trace_json("x/a", "192.168.1.10", 22);
+    assert_eq!(own["ingress"]["decision"]["action"], "Accept");
+    assert_eq!(own["verdict"]["allowed"], true);
+}
+
+/// A packet to a node's address listed by one of its host endpoints: the failsafe ports
+/// first, then the policies selecting the endpoint, located in its `fh-` chains.
+#[test]
+fn a_packet_to_a_host_endpoint_meets_failsafe_ports_then_its_policy() {
+    let env = Env::cluster();
+    env.apply(
+        "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: node1-eth0\n  \
+         labels: {role: node}\nspec:\n  node: node1\n  interfaceName: eth0\n  \
+         expectedIPs: [192.168.1.10]\n---\napiVersion: projectcalico.org/v3\n\
+         kind: GlobalNetworkPolicy\nmetadata:\n  name: web-only\nspec:\n  \
+         selector: role == 'node'\n  types: [Ingress]\n  \
+         ingress: [{action: Allow, protocol: TCP, destination: {ports: [443]}}]\n",
+    );
+    let denied = env.trace_json("192.0.2.9", "192.168.1.10", 8080);
+    assert_eq!(denied["ingress"]["hostEndpoint"], "node1-eth0");
+    assert_eq!(denied["ingress"]["decision"]["by"], "tierDefault");
+    assert_eq!(denied["verdict"]["allowed"], false);
+    assert_eq!(
+        denied["verdict"]["dataplane"]["nftables"]["chain"],
+        "fh-eth0"
+    );
+    assert_eq!(
+        denied["verdict"]["dataplane"]["iptables"]["chain"],
+        "mgy-fh-eth0"
+    );
+    let allowed = env.trace_json("192.0.2.9", "192.168.1.10", 443);
+    assert_eq!(allowed["verdict"]["allowed"], true);
+    assert_eq!(allowed["ingress"]["decision"]["by"], "rule");
+    let failsafe = env.trace_json("192.0.2.9", "192.168.1.10", 22);
+    assert_eq!(failsafe["ingress"]["decision"]["by"], "failsafe");
+    assert_eq!(failsafe["ingress"]["decision"]["port"]["port"], 22);
+    assert_eq!(
+        failsafe["ingress"]["dataplane"]["nftables"]["chain"],
+        "failsafe-in"
+    );
+    let text = env.trace("192.0.2.9", "192.168.1.10", 22);
+    assert!(
+        text.contains("5. Ingress at host endpoint node1-eth0 (node node1)"),
+        "{text}"
+    );
+    // A pod on node1 to its node: its endpoint-to-host action, not the host endpoint.
+    let own = env.trace_json("x/a", "192.168.1.10", 8080);
+    assert_eq!(own["ingress"]["decision"]["by"], "endpointToHost");
 }

@@ -168,6 +168,58 @@ spec:
     assert_eq!(delta.steps.last(), Some(&Step::Ipset(destroyed.into())));
 }
 
+/// The host endpoint goes, then comes back: its chains, the dispatch chains, the failsafe
+/// chains and the node set come and go in an order the kernel accepts, and the top-level
+/// chains are rewritten around them.
+#[test]
+fn host_endpoints_come_and_go_in_an_order_the_kernel_accepts() {
+    let with = node1(&golden_yaml());
+    let docs: Vec<String> = golden_yaml()
+        .split("\n---\n")
+        .filter(|d| !d.contains("name: node1-eth0\n"))
+        .map(str::to_owned)
+        .collect();
+    let without = node1(&docs.join("\n---\n"));
+    assert!(without.host_endpoints.is_empty());
+    let mut fake = loaded(&with);
+    for family in FAMILIES {
+        for (old, new) in [(&with, &without), (&without, &with)] {
+            let (was, now) = (render(old, family), render(new, family));
+            let delta = changed_chains(&was, &now);
+            delta.run(&mut fake, family).unwrap();
+            assert_holds(&mut fake, &now);
+        }
+        let gone = changed_chains(&render(&with, family), &render(&without, family));
+        let input = gone
+            .steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Iptables(input) => Some(input),
+                Step::Ipset(_) => None,
+            })
+            .unwrap();
+        for chain in [
+            "mgy-fh-eth0",
+            "mgy-th-eth0",
+            "mgy-fhfw-eth0",
+            "mgy-failsafe-in",
+            "mgy-from-host-endpoint",
+        ] {
+            assert!(
+                input.contains(&format!("-X {chain}\n")),
+                "{chain} in\n{input}"
+            );
+        }
+        for chain in ["mgy-INPUT", "mgy-OUTPUT", "mgy-FORWARD"] {
+            assert!(declared(input).contains(&chain), "{chain} in\n{input}");
+        }
+        assert!(
+            !declared(input).iter().any(|c| c.starts_with("mgy-tw-")),
+            "{input}"
+        );
+    }
+}
+
 #[test]
 fn the_applier_starts_from_the_kernel_and_keeps_other_rules() {
     let node = node1(&golden_yaml());

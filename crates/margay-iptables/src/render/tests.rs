@@ -38,7 +38,6 @@ fn program(policy: Vec<ProgramRule>, profile: Vec<ProgramRule>) -> Program {
         profiles: vec!["pri-p".into()],
     };
     Program {
-        node: "n".into(),
         endpoints: BTreeMap::from([(
             "mgya".to_owned(),
             LocalEndpoint {
@@ -81,7 +80,7 @@ fn program(policy: Vec<ProgramRule>, profile: Vec<ProgramRule>) -> Program {
             },
         )]),
         port_sets: BTreeMap::new(),
-        skipped: BTreeMap::new(),
+        ..Program::empty("n")
     }
 }
 
@@ -425,7 +424,7 @@ fn every_rule_is_hashed_after_the_one_before() {
 /// The golden node1 program, and programs that differ from it as changes make them differ:
 /// members only, a policy added or removed, a local endpoint added or removed, a tier's
 /// default action, another node, a policy renamed under its id (by hand), a rule moved to
-/// IPv6 only (by hand).
+/// IPv6 only (by hand), the host endpoint gone, its forwarded traffic's policy gone.
 fn changed_programs() -> Vec<(&'static str, Program)> {
     use margay_policy::program::program;
     use margay_testkit::fixture::{self, golden_yaml};
@@ -491,6 +490,8 @@ spec: {orchestrator: k8s, node: node1, pod: e, endpoint: eth0, interfaceName: mg
         ),
         ("renamed", renamed),
         ("allow rules IPv6 only", v6),
+        ("host endpoint gone", without("name: node1-eth0\n")),
+        ("forwarding open", without("name: node1-forward\n")),
     ]
 }
 

@@ -27,7 +27,6 @@ fn one_policy(
         profiles: Vec::new(),
     };
     Program {
-        node: "n".into(),
         endpoints: BTreeMap::from([(
             "mgya".to_owned(),
             LocalEndpoint {
@@ -54,7 +53,7 @@ fn one_policy(
         profiles: BTreeMap::new(),
         ip_sets,
         port_sets: BTreeMap::new(),
-        skipped: BTreeMap::new(),
+        ..Program::empty("n")
     }
 }
 
@@ -328,7 +327,14 @@ fn a_family_no_local_endpoint_has_an_address_of_only_drops_workload_traffic() {
     };
     assert_eq!(
         names(&v4_only, AddressFamily::Ipv6),
-        ["forward", "from-wl-dispatch", "to-wl-dispatch"]
+        [
+            "forward",
+            "input",
+            "output",
+            "from-wl-dispatch",
+            "to-wl-dispatch",
+            "wl-to-host"
+        ]
     );
     assert!(names(&v4_only, AddressFamily::Ipv4).contains(&"pi-1".to_owned()));
     assert!(render(&v4_only, AddressFamily::Ipv6).contains("oifname \"mgy*\" counter drop"));

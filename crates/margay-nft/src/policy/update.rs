@@ -1,16 +1,17 @@
 //! From one program to the next in place: only the sets, chains and map elements that
 //! differ, found by comparing the programs as data and rendering only what differs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 
 use margay_policy::program::{Pipeline, Program};
 
 use super::{
-    from_endpoint_chain, group_chain, ip_set, policy_chain, port_set, profile_chain, render,
-    to_endpoint_chain, AddressFamily, FROM_WORKLOAD_MAP, POLICY_TABLE, TO_WORKLOAD_MAP,
+    from_endpoint_chain, group_chain, host_maps, ip_set, policy_chain, port_set, profile_chain,
+    render, static_chains, to_endpoint_chain, AddressFamily, FROM_WORKLOAD_MAP, POLICY_TABLE,
+    TO_WORKLOAD_MAP,
 };
-use crate::ruleset::{quoted_text, Chain, SetElements, Table};
+use crate::ruleset::{quoted_text, Chain, InterfaceMap, SetElements, Table};
 
 /// nft's limit on rule comments, as [`render`] cuts them.
 const MAX_COMMENT: usize = 128;
@@ -23,7 +24,8 @@ const MAX_COMMENT: usize = 128;
 /// 2. chains only `new` has are created, chains whose rules differ are flushed, and both
 ///    are filled with their rules;
 /// 3. the interfaces of endpoints gone are deleted from the dispatch maps, those of new
-///    endpoints added;
+///    endpoints added; likewise the host endpoint maps, which are created (before the chains
+///    that use them) with the first host endpoint and deleted with the last;
 /// 4. chains only `old` has are flushed and deleted, then sets only `old` has.
 ///
 /// Unchanged chains keep their rules, handles and counters. When only set members changed
@@ -89,6 +91,18 @@ pub fn update(old: &Program, new: &Program, family: AddressFamily) -> String {
     let (old_members, new_members) = changed_sets(old, new, family);
     out.push_str(&new_members.render_element_updates(&old_members));
 
+    let old_maps = host_maps(old);
+    let new_maps = host_maps(new);
+    let has = |maps: &[InterfaceMap], name: &str| maps.iter().any(|m| m.name == name);
+    // Before the chains whose rules use them.
+    for map in new_maps.iter().filter(|m| !has(&old_maps, &m.name)) {
+        let _ = writeln!(
+            out,
+            "add map {table} {} {{ type ifname : verdict; }}",
+            map.name
+        );
+    }
+
     let chains = chain_changes(old, new, family);
     for chain in &chains.added {
         let _ = writeln!(out, "add chain {table} {}", chain.name);
@@ -138,6 +152,44 @@ pub fn update(old: &Program, new: &Program, family: AddressFamily) -> String {
                 elements.join(", ")
             );
         }
+    }
+
+    // Host endpoint map elements name chains: added once those exist, deleted (with their
+    // maps, which no rule uses any more) before those that go.
+    for map in &new_maps {
+        let before: BTreeSet<&(String, String)> = old_maps
+            .iter()
+            .find(|m| m.name == map.name)
+            .map(|m| m.elements.iter().collect())
+            .unwrap_or_default();
+        let after: BTreeSet<&(String, String)> = map.elements.iter().collect();
+        let gone: Vec<String> = before
+            .difference(&after)
+            .map(|(i, _)| format!("\"{i}\""))
+            .collect();
+        if !gone.is_empty() {
+            let _ = writeln!(
+                out,
+                "delete element {table} {} {{ {} }}",
+                map.name,
+                gone.join(", ")
+            );
+        }
+        let came: Vec<String> = after
+            .difference(&before)
+            .map(|(i, verdict)| format!("\"{i}\" : {verdict}"))
+            .collect();
+        if !came.is_empty() {
+            let _ = writeln!(
+                out,
+                "add element {table} {} {{ {} }}",
+                map.name,
+                came.join(", ")
+            );
+        }
+    }
+    for map in old_maps.iter().filter(|m| !has(&new_maps, &m.name)) {
+        let _ = writeln!(out, "delete map {table} {}", map.name);
     }
 
     for name in &chains.removed {
@@ -260,10 +312,26 @@ fn same_text(a: &Chain, b: &Chain) -> bool {
         })
 }
 
-/// The endpoint, policy and profile chains (the others never change) that differ between
-/// `old` and `new` in `family`. Chains are rendered only where the programs' data differ.
+/// The chains that differ between `old` and `new` in `family`. The chains every table has
+/// (base and dispatch chains, a handful of rules) are rendered and compared each time; the
+/// others are rendered only where the programs' data differ.
 pub(super) fn chain_changes(old: &Program, new: &Program, family: AddressFamily) -> ChainChanges {
     let mut changes = ChainChanges::default();
+    let by_name = |program: &Program| -> BTreeMap<String, Chain> {
+        static_chains(program, family)
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect()
+    };
+    let (was, is) = (by_name(old), by_name(new));
+    for (name, a, b) in merged(&was, &is) {
+        match (a, b) {
+            (Some(a), Some(b)) if !same_text(a, b) => changes.changed.push(b.clone()),
+            (None, Some(b)) => changes.added.push(b.clone()),
+            (Some(_), None) => changes.removed.push(name.to_owned()),
+            _ => {}
+        }
+    }
     // Chains whose name an endpoint chain's comments may show differently.
     let mut renamed: HashSet<&str> = HashSet::new();
     for (id, a, b) in merged(&old.policies, &new.policies) {

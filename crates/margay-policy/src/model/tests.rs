@@ -157,6 +157,9 @@ fn resource(slot: usize, v: usize) -> Value {
                 if v % 2 == 1 {
                     spec["namespaceSelector"] = json!(NAMESPACE_SELECTORS[v % 3]);
                 }
+                if v % 5 == 3 {
+                    spec["applyOnForward"] = json!(true);
+                }
                 json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
                     "metadata": {"name": name}, "spec": spec})
             }
@@ -164,13 +167,45 @@ fn resource(slot: usize, v: usize) -> Value {
         23 => json!({"apiVersion": "projectcalico.org/v3", "kind": "NetworkSet",
             "metadata": {"name": "nets", "namespace": ns(v), "labels": labels(v)},
             "spec": {"nets": ["10.0.0.0/30", format!("192.0.{v}.0/24")]}}),
-        _ => json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet",
+        24 => json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet",
             "metadata": {"name": format!("g{}", v % 2), "labels": labels(v + 1)},
             "spec": {"nets": ["10.1.0.0/24", "198.51.100.0/24"]}}),
+        25 => json!({"apiVersion": "projectcalico.org/v3", "kind": "Node",
+            "metadata": {"name": NODES[v % 2]},
+            "spec": {"bgp": {"ipv4Address": format!("192.168.0.{}/24", v % 3 + 1)},
+                     "ipv4VXLANTunnelAddr": format!("10.1.9.{}", v % 2 + 1)}}),
+        27 | 28 => {
+            let i = slot - 27;
+            let interface = if v == 7 {
+                "*"
+            } else {
+                ["eth0", "eth1"][(v + i) % 2]
+            };
+            let profiles = match v % 3 {
+                0 => json!(["kns.n0"]),
+                1 => json!(["projectcalico-default-allow"]),
+                _ => json!([]),
+            };
+            json!({"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
+                "metadata": {"name": format!("h{i}"), "labels": labels(v + i)},
+                "spec": {"node": NODES[(v + i) % 2], "interfaceName": interface,
+                         "expectedIPs": [format!("192.168.0.{}", v % 3 + 1)],
+                         "profiles": profiles}})
+        }
+        _ => {
+            let name = ["default", "node.node0", "node.node1"][v % 3];
+            let mut spec = json!({
+                "defaultEndpointToHostAction": (["Drop", "Accept", "Return"][v / 3 % 3])});
+            if v.is_multiple_of(2) {
+                spec["failsafeInboundHostPorts"] = json!([{"protocol": "TCP", "port": 22}]);
+            }
+            json!({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+                "metadata": {"name": name}, "spec": spec})
+        }
     }
 }
 
-const SLOTS: usize = 25;
+const SLOTS: usize = 29;
 
 /// Workload endpoints are read without validation, so that one name can belong to several
 /// pods in turn (the datastore would name it after its pod).
@@ -336,11 +371,11 @@ fn a_profile_or_tier_change_rebuilds_and_an_error_clears_when_fixed() {
 fn other_kinds_and_unchanged_resources_change_nothing() {
     let mut model = Model::from_resources([decoded(9, 0), decoded(14, 1)], true).unwrap();
     let before = model.cluster().unwrap().clone();
-    let node = margay_api::decode(json!({"apiVersion": "margay.dev/v1", "kind": "Node",
-        "metadata": {"name": "node0"}, "spec": {}}))
+    let pool = margay_api::decode(json!({"apiVersion": "margay.dev/v1", "kind": "IPPool",
+        "metadata": {"name": "pool0"}, "spec": {"cidr": "10.9.0.0/16"}}))
     .unwrap()
     .resource;
-    model.apply(Change::Upsert(node)).unwrap();
+    model.apply(Change::Upsert(pool)).unwrap();
     model.apply(Change::Upsert(decoded(9, 0))).unwrap();
     model
         .apply(Change::Delete(ResourceKey::new(

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use margay_api::{Action, Resource, TierDefaultAction};
+use margay_api::{Action, EndpointToHostAction, PolicyType, Resource, TierDefaultAction};
 
 use super::*;
 use crate::tests::resources;
-use crate::{evaluate, Endpoint, Packet, Peer};
+use crate::{evaluate, Decision, Endpoint, Packet, Peer, Transport};
 
 // ---------------------------------------------------------------------------------------------
 // The interpreter
@@ -119,8 +119,72 @@ fn ipv4(ep: &Endpoint) -> Option<IpAddr> {
     ep.ips.iter().copied().find(IpAddr::is_ipv4)
 }
 
+/// Where one end of a test packet is, as the dataplanes see it.
+#[derive(Clone, Copy)]
+enum Place<'p> {
+    /// A programmed workload endpoint: its node's program and its pipelines.
+    Workload(&'p Program, &'p LocalEndpoint),
+    /// An address of the node of this program, and the host endpoint whose interface a packet
+    /// from or to it crosses, if any.
+    Host(&'p Program, Option<&'p LocalHostEndpoint>),
+    External,
+}
+
+impl Place<'_> {
+    fn node(&self) -> Option<&str> {
+        match self {
+            Place::Workload(p, _) | Place::Host(p, _) => Some(&p.node),
+            Place::External => None,
+        }
+    }
+}
+
+/// Whether a host endpoint's chain lets `w` through in `direction`, as `fh-`/`th-` do:
+/// the overlay between the nodes and the failsafe ports, then its pipeline.
+fn host_allows(p: &Program, hep: &LocalHostEndpoint, direction: PolicyType, w: &Wire) -> bool {
+    let exemptions = p.exemptions.as_ref().unwrap();
+    let (remote, failsafe, pipeline) = match direction {
+        PolicyType::Ingress => (w.src, &exemptions.failsafe_inbound, &hep.ingress),
+        PolicyType::Egress => (w.dst, &exemptions.failsafe_outbound, &hep.egress),
+    };
+    let nodes = &p.ip_sets[HOSTS_SET].members;
+    let overlay = w.protocol == Protocol::Udp
+        && w.dport == exemptions.vxlan_port
+        && nodes.iter().any(|n| n.contains(&remote));
+    let failsafe = failsafe.iter().any(|f| {
+        f.protocol.to_string() == w.protocol.to_string()
+            && f.port == w.dport
+            && f.net.is_none_or(|net| net.contains(&remote))
+    });
+    overlay || failsafe || allows(p, pipeline, w)
+}
+
+/// Whether the dataplanes let `w` from `from` to `to` out of its source (egress) and into its
+/// destination (ingress), as the chains do: a workload's pipelines on the forward path; from
+/// a workload to its own node, its egress pipeline then the node's endpoint-to-host action;
+/// from a node to its own workload, nothing (the output path returns for workloads); the
+/// node's own traffic through a host endpoint, its chains.
+fn verdicts(from: Place<'_>, to: Place<'_>, w: &Wire) -> (bool, bool) {
+    let same_node = from.node().is_some() && from.node() == to.node();
+    let egress = match from {
+        Place::Workload(p, ep) => allows(p, &ep.egress, w),
+        Place::Host(..) if same_node && matches!(to, Place::Workload(..)) => true,
+        Place::Host(p, Some(hep)) => host_allows(p, hep, PolicyType::Egress, w),
+        Place::Host(_, None) | Place::External => true,
+    };
+    let ingress = match to {
+        Place::Workload(_, _) if same_node && matches!(from, Place::Host(..)) => true,
+        Place::Workload(p, ep) => allows(p, &ep.ingress, w),
+        Place::Host(p, _) if same_node => p.endpoint_to_host != EndpointToHostAction::Drop,
+        Place::Host(p, Some(hep)) => host_allows(p, hep, PolicyType::Ingress, w),
+        Place::Host(_, None) | Place::External => true,
+    };
+    (egress, ingress)
+}
+
 /// Every difference between the programs of every node and [`evaluate`], for every pair of
-/// programmed endpoints and from and to each external address, on each (protocol, port).
+/// programmed endpoints, from and to each node's address and each external address, on each
+/// (protocol, port).
 fn disagreements(
     cluster: &Cluster,
     checks: &[(Protocol, u16)],
@@ -130,22 +194,31 @@ fn disagreements(
         .endpoints()
         .iter()
         .filter_map(|ep| ep.node.clone())
+        .chain(cluster.nodes.keys().cloned())
         .map(|node| (node.clone(), program(cluster, &node)))
         .collect();
-    // (peer as the engine names it, address, where it is programmed)
+    // (peer as the engine names it, address, where it is)
     let mut peers = Vec::new();
     for ep in cluster.endpoints() {
-        if let (Some(ip), Some(local)) = (ipv4(ep), programmed(&programs, ep)) {
-            peers.push((Peer::Endpoint(ep.id.clone()), ip, Some(local)));
+        if let (Some(ip), Some((p, local))) = (ipv4(ep), programmed(&programs, ep)) {
+            peers.push((Peer::Endpoint(ep.id.clone()), ip, Place::Workload(p, local)));
+        }
+    }
+    for (node, addresses) in &cluster.nodes {
+        let program = &programs[node];
+        for ip in addresses.all.iter().filter(|ip| ip.is_ipv4()) {
+            let hep = program.host_endpoints.values().find(|h| h.ips.contains(ip));
+            peers.push((Peer::Ip(*ip), *ip, Place::Host(program, hep)));
         }
     }
     for ip in externals {
-        peers.push((Peer::Ip(*ip), *ip, None));
+        peers.push((Peer::Ip(*ip), *ip, Place::External));
     }
     let mut out = Vec::new();
-    for (from, src, src_local) in &peers {
-        for (to, dst, dst_local) in &peers {
-            if from == to || (src_local.is_none() && dst_local.is_none()) {
+    for (from, src, src_place) in &peers {
+        for (to, dst, dst_place) in &peers {
+            let workload = |p: &Place<'_>| matches!(p, Place::Workload(..));
+            if from == to || !(workload(src_place) || workload(dst_place)) {
                 continue;
             }
             for &(protocol, port) in checks {
@@ -154,8 +227,11 @@ fn disagreements(
                     &Packet {
                         from: from.clone(),
                         to: to.clone(),
-                        protocol,
-                        port,
+                        transport: Transport::Ports {
+                            protocol,
+                            port,
+                            source_port: None,
+                        },
                     },
                 );
                 let wire = Wire {
@@ -165,8 +241,7 @@ fn disagreements(
                     sport: EPHEMERAL,
                     dport: port,
                 };
-                let egress = src_local.is_none_or(|(p, ep)| allows(p, &ep.egress, &wire));
-                let ingress = dst_local.is_none_or(|(p, ep)| allows(p, &ep.ingress, &wire));
+                let (egress, ingress) = verdicts(*src_place, *dst_place, &wire);
                 if egress != verdict.egress.allowed || ingress != verdict.ingress.allowed {
                     out.push(format!(
                         "{from:?} -> {to:?} {port}/{protocol}: program egress {egress} \
@@ -226,10 +301,14 @@ fn golden_cluster_programs_agree_with_the_engine() {
             (Protocol::Tcp, 80),
             (Protocol::Tcp, 81),
             (Protocol::Tcp, 22),
+            (Protocol::Tcp, 179),
+            (Protocol::Tcp, 2379),
             (Protocol::Tcp, 8080),
             (Protocol::Tcp, 9090),
+            (Protocol::Tcp, 10250),
             (Protocol::Udp, 53),
             (Protocol::Udp, 80),
+            (Protocol::Udp, 4789),
         ],
         &[
             ip("192.0.2.7"),
@@ -295,10 +374,52 @@ fn golden_pipelines_follow_tiers_then_profiles() {
     let b = &p.endpoints["mgy665e9bb24dc"];
     assert!(b.ingress.tiers.is_empty() && b.egress.tiers.is_empty());
     assert_eq!(b.ingress.profiles, ["pri-kns.y", "pri-ksa.y.default"]);
+    // node1's host endpoint: the policy selecting it, then no profile (drop); forwarded
+    // traffic in from it meets the applyOnForward policy only.
+    let hep = &p.host_endpoints["eth0"];
+    assert_eq!(hep.name, "node1-eth0");
+    let names = |pipeline: &Pipeline| -> Vec<String> {
+        pipeline
+            .tiers
+            .iter()
+            .flat_map(|t| {
+                assert!(
+                    t.group.is_none(),
+                    "host endpoint chains jump to their policies"
+                );
+                &t.policies
+            })
+            .map(|id| p.policies[id].policy.name.clone())
+            .collect()
+    };
+    assert_eq!(
+        names(&hep.ingress),
+        ["default.host-ingress", "default.node1-forward"]
+    );
+    assert!(hep.ingress.profiles.is_empty() && hep.egress.tiers.is_empty());
+    assert_eq!(names(&hep.forward_ingress), ["default.node1-forward"]);
+    assert!(hep.forward_ingress.profiles.is_empty() && hep.forward_egress.tiers.is_empty());
+    let exemptions = p.exemptions.as_ref().unwrap();
+    assert_eq!(exemptions.failsafe_inbound.len(), 3);
+    assert_eq!(exemptions.vxlan_port, 4789);
+    let net = |s: &str| s.parse::<IpNet>().unwrap();
+    assert_eq!(
+        p.ip_sets[HOSTS_SET].members,
+        [net("198.18.0.11/32"), net("198.18.0.12/32")].into()
+    );
     // Every chain and set a pipeline names is there, and nothing else.
     let mut used = BTreeSet::new();
-    for ep in p.endpoints.values() {
-        for pipeline in [&ep.ingress, &ep.egress] {
+    let host_pipelines = p
+        .host_endpoints
+        .values()
+        .flat_map(|h| [&h.ingress, &h.egress, &h.forward_ingress, &h.forward_egress]);
+    let pipelines = p
+        .endpoints
+        .values()
+        .flat_map(|ep| [&ep.ingress, &ep.egress])
+        .chain(host_pipelines);
+    for pipeline in pipelines {
+        {
             used.extend(
                 pipeline
                     .tiers
@@ -556,8 +677,11 @@ spec:
     let packet = |port| Packet {
         from: Peer::Endpoint("x/b".into()),
         to: Peer::Endpoint("x/a".into()),
-        protocol: Protocol::Tcp,
-        port,
+        transport: Transport::Ports {
+            protocol: Protocol::Tcp,
+            port,
+            source_port: None,
+        },
     };
     assert!(evaluate(&c, &packet(81)).egress.allowed);
     assert!(!evaluate(&c, &packet(82)).egress.allowed);
@@ -572,6 +696,446 @@ fn long_or_odd_profile_names_are_hashed() {
     assert!(id.starts_with("pri-_"));
     assert_ne!(named_id("pro-", "a/b"), "pro-a/b");
     assert_eq!(hash("x").len(), 16);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traffic between workloads and their own node
+// ---------------------------------------------------------------------------------------------
+
+const NODES: &str = "
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n1}
+spec: {bgp: {ipv4Address: 192.0.2.1/24}, ipv4VXLANTunnelAddr: 10.0.9.1}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n2}
+spec: {bgp: {ipv4Address: 192.0.2.2/24}}
+";
+
+fn tcp(from: Peer, to: Peer, port: u16) -> Packet {
+    Packet {
+        from,
+        to,
+        transport: Transport::Ports {
+            protocol: Protocol::Tcp,
+            port,
+            source_port: None,
+        },
+    }
+}
+
+fn ip_peer(ip: &str) -> Peer {
+    Peer::Ip(ip.parse().unwrap())
+}
+
+#[test]
+fn workloads_to_their_own_node_meet_its_endpoint_to_host_action() {
+    // Calico's default for every node, Accept for n2.
+    let yaml = format!(
+        "{PODS}{NODES}---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\n\
+         metadata: {{name: node.n2}}\nspec: {{defaultEndpointToHostAction: Accept}}\n"
+    );
+    let c = cluster_of(&yaml);
+    assert_eq!(
+        program(&c, "n1").endpoint_to_host,
+        EndpointToHostAction::Drop
+    );
+    assert_eq!(
+        program(&c, "n2").endpoint_to_host,
+        EndpointToHostAction::Accept
+    );
+    let a = || Peer::Endpoint("x/a".into());
+
+    // To its own node's address, or its tunnel address: egress policy, then the action.
+    for node_ip in ["192.0.2.1", "10.0.9.1"] {
+        let v = evaluate(&c, &tcp(a(), ip_peer(node_ip), 22));
+        assert!(v.egress.allowed, "{v:?}");
+        assert!(!v.allowed);
+        assert_eq!(
+            v.ingress.decision,
+            Decision::EndpointToHost {
+                node: "n1".into(),
+                action: EndpointToHostAction::Drop
+            }
+        );
+    }
+    let v = evaluate(
+        &c,
+        &tcp(Peer::Endpoint("x/b".into()), ip_peer("192.0.2.2"), 22),
+    );
+    assert!(v.allowed);
+    assert!(matches!(
+        v.ingress.decision,
+        Decision::EndpointToHost {
+            action: EndpointToHostAction::Accept,
+            ..
+        }
+    ));
+    // Another node's address is no workload's and no host endpoint's: nothing on that side.
+    let v = evaluate(&c, &tcp(a(), ip_peer("192.0.2.2"), 22));
+    assert!(v.allowed);
+    assert!(matches!(v.ingress.decision, Decision::NotAnEndpoint { .. }));
+
+    // Egress policy still comes first.
+    let deny_egress = format!(
+        "{yaml}---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
+         metadata: {{name: no-egress}}\nspec: {{selector: all(), types: [Egress, Ingress]}}\n"
+    );
+    let c = cluster_of(&deny_egress);
+    let v = evaluate(
+        &c,
+        &tcp(Peer::Endpoint("x/b".into()), ip_peer("192.0.2.2"), 22),
+    );
+    assert!(!v.egress.allowed);
+    assert!(!v.allowed);
+    // From a node to its own workload: not policed, whatever the workload's ingress policy;
+    // from another node, the workload's ingress policy decides.
+    let v = evaluate(&c, &tcp(ip_peer("192.0.2.1"), a(), 80));
+    assert!(v.allowed, "{v:?}");
+    assert_eq!(v.ingress.decision, Decision::FromHost { node: "n1".into() });
+    assert!(!evaluate(&c, &tcp(ip_peer("192.0.2.2"), a(), 80)).allowed);
+    assert!(disagreements(&c, &[(Protocol::Tcp, 22)], &[]).is_empty());
+}
+
+#[test]
+fn the_default_configuration_applies_unless_the_node_has_its_own() {
+    let yaml = format!(
+        "{PODS}{NODES}---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\n\
+         metadata: {{name: default}}\nspec: {{defaultEndpointToHostAction: Return}}\n\
+         ---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\n\
+         metadata: {{name: node.n2}}\nspec: {{defaultEndpointToHostAction: Drop}}\n"
+    );
+    let c = cluster_of(&yaml);
+    assert_eq!(
+        program(&c, "n1").endpoint_to_host,
+        EndpointToHostAction::Return
+    );
+    assert_eq!(
+        program(&c, "n2").endpoint_to_host,
+        EndpointToHostAction::Drop
+    );
+    let v = evaluate(
+        &c,
+        &tcp(Peer::Endpoint("x/a".into()), ip_peer("192.0.2.1"), 53),
+    );
+    assert!(v.allowed);
+    assert!(disagreements(&c, &[(Protocol::Tcp, 53)], &[]).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host endpoints
+// ---------------------------------------------------------------------------------------------
+
+/// n1's eth0 as a host endpoint (192.0.2.1, labelled `host: n1`), and n2's (192.0.2.2).
+const HOST_ENDPOINTS: &str = "
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: n1-eth0, labels: {host: n1}}
+spec: {node: n1, interfaceName: eth0, expectedIPs: [192.0.2.1]}
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: n2-eth0, labels: {host: n2}}
+spec: {node: n2, interfaceName: eth0, expectedIPs: [192.0.2.2]}
+";
+
+#[test]
+fn host_endpoints_deny_by_default_except_failsafe_ports() {
+    let c = cluster_of(&format!("{PODS}{NODES}{HOST_ENDPOINTS}"));
+    let p = program(&c, "n1");
+    assert_eq!(p.host_endpoints.keys().collect::<Vec<_>>(), ["eth0"]);
+    let exemptions = p.exemptions.as_ref().unwrap();
+    assert_eq!(exemptions.failsafe_inbound.len(), 9, "Calico's defaults");
+    // From outside, from the other node, from a pod on the other node: nothing gets in but
+    // the failsafe ports (SSH, BGP, etcd, the API server…) and VXLAN between the nodes.
+    for from in ["198.51.100.7", "192.0.2.2"] {
+        let v = evaluate(&c, &tcp(ip_peer(from), ip_peer("192.0.2.1"), 80));
+        assert!(!v.ingress.allowed);
+        assert_eq!(v.ingress.decision, Decision::NoProfileMatched);
+        assert_eq!(v.ingress.host_endpoint.as_deref(), Some("n1-eth0"));
+        let v = evaluate(&c, &tcp(ip_peer(from), ip_peer("192.0.2.1"), 22));
+        assert!(v.ingress.allowed);
+        assert!(matches!(v.ingress.decision, Decision::Failsafe { .. }));
+    }
+    // n2's own traffic leaves through its host endpoint, whose outbound failsafe ports do not
+    // include SSH: Calico's defaults let a node be reached, not reach others.
+    let v = evaluate(&c, &tcp(ip_peer("192.0.2.2"), ip_peer("192.0.2.1"), 22));
+    assert!(!v.egress.allowed);
+    assert_eq!(v.egress.host_endpoint.as_deref(), Some("n2-eth0"));
+    let v = evaluate(
+        &c,
+        &tcp(Peer::Endpoint("x/b".into()), ip_peer("192.0.2.1"), 443),
+    );
+    assert!(!v.allowed);
+    let vxlan = Packet {
+        from: ip_peer("192.0.2.2"),
+        to: ip_peer("192.0.2.1"),
+        transport: Transport::Ports {
+            protocol: Protocol::Udp,
+            port: 4789,
+            source_port: None,
+        },
+    };
+    let v = evaluate(&c, &vxlan);
+    assert!(v.allowed, "{v:?}");
+    assert!(matches!(v.ingress.decision, Decision::Overlay { .. }));
+    assert!(matches!(v.egress.decision, Decision::Overlay { .. }));
+    // The node's own traffic out of eth0 likewise: only the outbound failsafe ports.
+    let v = evaluate(&c, &tcp(ip_peer("192.0.2.1"), ip_peer("198.51.100.7"), 443));
+    assert!(!v.allowed);
+    assert_eq!(v.egress.host_endpoint.as_deref(), Some("n1-eth0"));
+    let v = evaluate(
+        &c,
+        &tcp(ip_peer("192.0.2.1"), ip_peer("198.51.100.7"), 6443),
+    );
+    assert!(v.allowed);
+    // A workload and its own node: no host endpoint on that path, either way.
+    let v = evaluate(
+        &c,
+        &tcp(Peer::Endpoint("x/a".into()), ip_peer("192.0.2.1"), 443),
+    );
+    assert!(matches!(
+        v.ingress.decision,
+        Decision::EndpointToHost { .. }
+    ));
+    let v = evaluate(
+        &c,
+        &tcp(ip_peer("192.0.2.1"), Peer::Endpoint("x/a".into()), 443),
+    );
+    assert!(v.allowed);
+    assert_eq!(v.egress.decision, Decision::FromHost { node: "n1".into() });
+    let checks = [
+        (Protocol::Tcp, 22),
+        (Protocol::Tcp, 80),
+        (Protocol::Tcp, 6443),
+        (Protocol::Udp, 4789),
+    ];
+    let externals = ["198.51.100.7".parse().unwrap()];
+    let diffs = disagreements(&c, &checks, &externals);
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
+#[test]
+fn host_endpoint_policy_profiles_and_failsafe_nets() {
+    let yaml = format!(
+        "{PODS}{NODES}{HOST_ENDPOINTS}
+---
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {{name: default}}
+spec:
+  failsafeInboundHostPorts: [{{protocol: TCP, port: 22, net: 192.0.2.0/24}}]
+  failsafeOutboundHostPorts: []
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {{name: hosts}}
+spec:
+  selector: has(host)
+  types: [Ingress, Egress]
+  ingress:
+  - {{action: Allow, protocol: TCP, source: {{selector: has(host)}}, destination: {{ports: [10250]}}}}
+  - {{action: Allow, protocol: TCP, source: {{selector: app == 'a'}}, destination: {{ports: [53]}}}}
+  egress:
+  - {{action: Allow, destination: {{nets: [198.51.100.0/24]}}}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: pods-only, namespace: x}}
+spec:
+  selector: all()
+  types: [Ingress]
+  ingress: [{{action: Allow}}]
+"
+    );
+    let c = cluster_of(&yaml);
+    let p = program(&c, "n1");
+    // The namespaced policy never selects a host endpoint; the global one does.
+    let names: Vec<&str> = p.host_endpoints["eth0"]
+        .ingress
+        .tiers
+        .iter()
+        .flat_map(|t| &t.policies)
+        .map(|id| p.policies[id].policy.name.as_str())
+        .collect();
+    assert_eq!(names, ["default.hosts"]);
+    // A rule selecting host endpoints matches their expectedIPs.
+    let rule = &p
+        .policies
+        .values()
+        .find(|c| c.policy.name == "default.hosts")
+        .unwrap()
+        .rules[0];
+    let set = rule.matches.source.ip_set.as_ref().unwrap();
+    assert_eq!(
+        p.ip_sets[set].members,
+        [
+            "192.0.2.1/32".parse().unwrap(),
+            "192.0.2.2/32".parse().unwrap()
+        ]
+        .into()
+    );
+    // (What n1 lets in: n2's egress policy has its say on n2.)
+    let to_n1 = |from: &str, port| {
+        evaluate(&c, &tcp(ip_peer(from), ip_peer("192.0.2.1"), port))
+            .ingress
+            .allowed
+    };
+    assert!(to_n1("192.0.2.2", 10250));
+    assert!(!to_n1("198.51.100.7", 10250));
+    // The failsafe port only from its net.
+    assert!(to_n1("192.0.2.2", 22));
+    assert!(!to_n1("198.51.100.7", 22));
+    // Pod b on n2 to n1: allowed on 53 only if it were app a.
+    let v = evaluate(
+        &c,
+        &tcp(Peer::Endpoint("x/b".into()), ip_peer("192.0.2.1"), 53),
+    );
+    assert!(!v.allowed);
+    assert_eq!(
+        v.ingress.decision,
+        Decision::TierDefault {
+            tier: "default".into()
+        }
+    );
+    // No failsafe out any more: egress only where the policy allows.
+    let from_n1 = |port| {
+        evaluate(
+            &c,
+            &tcp(ip_peer("192.0.2.1"), ip_peer("198.51.100.7"), port),
+        )
+    };
+    assert!(from_n1(443).allowed);
+    let v = evaluate(&c, &tcp(ip_peer("192.0.2.1"), ip_peer("203.0.113.1"), 53));
+    assert!(!v.allowed);
+
+    // Calico's default-allow profile, without policy: everything.
+    let open = format!(
+        "{PODS}{NODES}{}",
+        HOST_ENDPOINTS.replace(
+            "expectedIPs: [192.0.2.1]}",
+            "expectedIPs: [192.0.2.1], profiles: [projectcalico-default-allow]}"
+        )
+    );
+    let c = cluster_of(&open);
+    let v = evaluate(&c, &tcp(ip_peer("198.51.100.7"), ip_peer("192.0.2.1"), 80));
+    assert!(v.allowed);
+    assert!(matches!(v.ingress.decision, Decision::ProfileRule { .. }));
+    let checks = [
+        (Protocol::Tcp, 22),
+        (Protocol::Tcp, 53),
+        (Protocol::Tcp, 10250),
+    ];
+    let externals = [
+        "198.51.100.7".parse().unwrap(),
+        "203.0.113.1".parse().unwrap(),
+    ];
+    for c in [cluster_of(&yaml), c] {
+        let diffs = disagreements(&c, &checks, &externals);
+        assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    }
+}
+
+#[test]
+fn apply_on_forward_policies_alone_police_forwarded_traffic() {
+    let yaml = format!(
+        "{PODS}{NODES}{HOST_ENDPOINTS}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {{name: forwarded}}
+spec:
+  selector: host == 'n1'
+  applyOnForward: true
+  types: [Ingress]
+  ingress: [{{action: Allow, source: {{nets: [192.0.2.0/24]}}}}]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {{name: local-only}}
+spec:
+  selector: host == 'n1'
+  types: [Egress]
+  egress: [{{action: Allow}}]
+"
+    );
+    let c = cluster_of(&yaml);
+    let hep = &program(&c, "n1").host_endpoints["eth0"];
+    let count = |pipeline: &Pipeline| {
+        pipeline
+            .tiers
+            .iter()
+            .map(|t| t.policies.len())
+            .sum::<usize>()
+    };
+    assert_eq!(count(&hep.ingress), 1);
+    assert_eq!(count(&hep.egress), 1);
+    assert_eq!(count(&hep.forward_ingress), 1);
+    assert_eq!(count(&hep.forward_egress), 0);
+    assert!(hep.forward_ingress.profiles.is_empty());
+}
+
+#[test]
+fn host_endpoints_the_agent_cannot_use_are_left_out_or_skipped() {
+    let yaml = format!(
+        "{PODS}{NODES}
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {{name: all}}
+spec: {{node: n1, interfaceName: '*'}}
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {{name: by-address}}
+spec: {{node: n1, expectedIPs: [192.0.2.1]}}
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {{name: a-workload}}
+spec: {{node: n1, interfaceName: mgya}}
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {{name: eth1-a}}
+spec: {{node: n1, interfaceName: eth1}}
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {{name: eth1-b}}
+spec: {{node: n1, interfaceName: eth1}}
+"
+    );
+    let (c, skipped) = Cluster::from_resources_skipping_bad_policies(resources(&yaml)).unwrap();
+    let skipped: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        skipped,
+        [
+            "HostEndpoint all: spec.interfaceName \"*\" (a host endpoint for every interface) \
+             is not supported yet",
+            "HostEndpoint by-address: a host endpoint without spec.interfaceName (found by its \
+             expectedIPs) is not supported yet",
+        ]
+    );
+    let p = program(&c, "n1");
+    assert_eq!(p.host_endpoints["eth1"].name, "eth1-a");
+    assert_eq!(
+        p.skipped["HostEndpoint eth1-b"],
+        "interface eth1 already belongs to HostEndpoint eth1-a"
+    );
+    assert_eq!(
+        p.skipped["HostEndpoint a-workload"],
+        "interface mgya is a workload interface"
+    );
+    let strict = Cluster::from_resources(resources(&yaml)).unwrap_err();
+    assert!(
+        strict.to_string().starts_with("HostEndpoint all: "),
+        "{strict}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -820,7 +1384,11 @@ mod random {
         tier_pass: bool,
         kubernetes: Vec<KubernetesPolicy>,
         calico: Vec<CalicoPolicy>,
+        /// Each node's `defaultEndpointToHostAction`, as an index into [`TO_HOST`].
+        to_host: [usize; 2],
     }
+
+    const TO_HOST: [&str; 3] = ["Drop", "Accept", "Return"];
 
     fn test_cluster() -> impl Strategy<Value = TestCluster> {
         (
@@ -830,9 +1398,10 @@ mod random {
             any::<bool>(),
             prop::collection::vec(kubernetes_policy(), 0..=2),
             prop::collection::vec(calico_policy(), 0..=3),
+            prop::array::uniform2(0..3usize),
         )
             .prop_map(
-                |(teams, pods, network_set, tier_pass, kubernetes, calico)| TestCluster {
+                |(teams, pods, network_set, tier_pass, kubernetes, calico, to_host)| TestCluster {
                     namespace_labels: teams
                         .into_iter()
                         .map(|t| {
@@ -846,6 +1415,7 @@ mod random {
                     tier_pass,
                     kubernetes,
                     calico,
+                    to_host,
                 },
             )
     }
@@ -857,6 +1427,16 @@ mod random {
         for (i, labels) in t.namespace_labels.iter().enumerate() {
             docs.push(json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": NAMESPACES[i], "labels": labels}}));
+        }
+        for (i, action) in t.to_host.iter().enumerate() {
+            docs.push(json!({"apiVersion": "projectcalico.org/v3", "kind": "Node",
+                "metadata": {"name": format!("node{i}")},
+                "spec": {"bgp": {"ipv4Address": format!("198.18.0.{}/24", i + 1)}}}));
+            docs.push(
+                json!({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+                "metadata": {"name": format!("node.node{i}")},
+                "spec": {"defaultEndpointToHostAction": TO_HOST[*action]}}),
+            );
         }
         for (i, pod) in t.pods.iter().enumerate() {
             let ns = NAMESPACES[pod.namespace];

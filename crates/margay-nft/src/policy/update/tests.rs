@@ -65,9 +65,10 @@ spec:
 
 /// Programs that differ from the golden node1 program in every way a change can: set
 /// members only, a policy (and its set) added or removed, local endpoints added or removed,
-/// a tier's default action, another node, nothing at all; and, made by hand, a policy
-/// renamed under the same id, comments that differ only past what nft keeps, a rule moved
-/// to IPv6 only.
+/// a tier's default action, another node, nothing at all, the host endpoint gone, its
+/// forwarded traffic's policy gone, the failsafe ports; and, made by hand, a policy renamed
+/// under the same id, comments that differ only past what nft keeps, a rule moved to IPv6
+/// only.
 fn programs() -> Vec<(&'static str, Program)> {
     let base = fixture::golden_node1();
     let golden = fixture::golden_cluster();
@@ -120,6 +121,18 @@ fn programs() -> Vec<(&'static str, Program)> {
         ("long comment a", long("a")),
         ("long comment b", long("b")),
         ("allow rules IPv6 only", v6),
+        (
+            "host endpoint gone",
+            node1(&golden_with(&["name: node1-eth0\n"], "")),
+        ),
+        (
+            "forwarding open",
+            node1(&golden_with(&["name: node1-forward\n"], "")),
+        ),
+        (
+            "failsafe ports changed",
+            node1(&golden_yaml().replace("port: 2379, net:", "port: 2380, net:")),
+        ),
     ]
 }
 
@@ -198,6 +211,39 @@ fn an_update_touches_only_what_changed() {
         "{added}"
     );
     assert!(!added.contains("delete"), "{added}");
+
+    // The host endpoint goes: its chains, its maps and the node set go; the base chains
+    // using them are rewritten; nothing else.
+    let gone = update(base, &programs["host endpoint gone"], v4);
+    for line in [
+        "flush chain ip margay-policy input",
+        "flush chain ip margay-policy forward",
+        "delete map ip margay-policy from-hep",
+        "delete map ip margay-policy from-hep-fw",
+        "delete chain ip margay-policy fh-eth0",
+        "delete chain ip margay-policy failsafe-in",
+        "delete set ip margay-policy all-hosts",
+    ] {
+        assert!(gone.lines().any(|l| l == line), "{line} in\n{gone}");
+    }
+    assert!(!gone.contains("tw-") && !gone.contains("fw-mgy"), "{gone}");
+    // Only the forwarded traffic's policy goes: its chain, its map and the forward rule.
+    let open = update(base, &programs["forwarding open"], v4);
+    assert!(
+        open.contains("delete map ip margay-policy from-hep-fw"),
+        "{open}"
+    );
+    assert!(
+        open.contains("delete chain ip margay-policy fhfw-eth0"),
+        "{open}"
+    );
+    assert!(!open.contains("from-hep {"), "{open}");
+    let back = update(&programs["host endpoint gone"], base, v4);
+    assert!(
+        back.starts_with("add set ip margay-policy all-hosts"),
+        "{back}"
+    );
+    assert!(back.contains("add map ip margay-policy from-hep { type ifname : verdict; }"));
 
     let removed = update(base, &programs["endpoint removed"], v4);
     for line in [
