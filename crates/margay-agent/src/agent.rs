@@ -39,7 +39,8 @@ const PLAN_ONLY_KINDS: [Kind; 4] = [
 ];
 
 /// The kinds the policy engine reads that the plan reads too (their changes need both).
-const SHARED_KINDS: [Kind; 3] = [Kind::WorkloadEndpoint, Kind::Node, Kind::AgentConfiguration];
+pub(crate) const SHARED_KINDS: [Kind; 3] =
+    [Kind::WorkloadEndpoint, Kind::Node, Kind::AgentConfiguration];
 
 /// The kinds whose changes can change the plan (routes) or the policy program.
 fn watched() -> impl Iterator<Item = Kind> {

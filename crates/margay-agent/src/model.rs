@@ -100,9 +100,8 @@ impl Model {
             let mut inputs = Vec::new();
             // WorkloadEndpoints, Nodes and AgentConfigurations are listed once above, for
             // the plan and the engine both.
-            let listed = [Kind::WorkloadEndpoint, Kind::Node, Kind::AgentConfiguration];
             for kind in margay_policy::INPUT_KINDS {
-                if !listed.contains(&kind) {
+                if !crate::agent::SHARED_KINDS.contains(&kind) {
                     inputs.extend(client.list_resources(kind, None).await?);
                 }
             }

@@ -38,11 +38,6 @@ impl Nft {
             .map_or_else(|| Nft::Binary(NftCommand::in_netns(name)), Nft::Library)
     }
 
-    /// The binary, whether or not the library loads (to compare the two).
-    pub fn binary() -> Nft {
-        Nft::Binary(NftCommand::new())
-    }
-
     /// `libnftables` or `nft`, for logs.
     pub fn backend(&self) -> &'static str {
         match self {

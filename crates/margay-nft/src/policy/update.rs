@@ -133,25 +133,17 @@ pub fn update(old: &Program, new: &Program, family: AddressFamily) -> String {
         .filter(|iface| !old.endpoints.contains_key(*iface))
         .collect();
     for (map, prefix) in [(FROM_WORKLOAD_MAP, "fw-"), (TO_WORKLOAD_MAP, "tw-")] {
-        if !gone.is_empty() {
-            let keys: Vec<String> = gone.iter().map(|i| format!("\"{i}\"")).collect();
-            let _ = writeln!(
-                out,
-                "delete element {table} {map} {{ {} }}",
-                keys.join(", ")
-            );
-        }
-        if !came.is_empty() {
-            let elements: Vec<String> = came
-                .iter()
-                .map(|i| format!("\"{i}\" : goto {prefix}{i}"))
-                .collect();
-            let _ = writeln!(
-                out,
-                "add element {table} {map} {{ {} }}",
-                elements.join(", ")
-            );
-        }
+        let elements: Vec<(&str, String)> = came
+            .iter()
+            .map(|i| (i.as_str(), format!("goto {prefix}{i}")))
+            .collect();
+        write_map_changes(
+            &mut out,
+            &table,
+            map,
+            gone.iter().map(|i| i.as_str()),
+            &elements,
+        );
     }
 
     // Host endpoint map elements name chains: added once those exist, deleted (with their
@@ -163,30 +155,12 @@ pub fn update(old: &Program, new: &Program, family: AddressFamily) -> String {
             .map(|m| m.elements.iter().collect())
             .unwrap_or_default();
         let after: BTreeSet<&(String, String)> = map.elements.iter().collect();
-        let gone: Vec<String> = before
-            .difference(&after)
-            .map(|(i, _)| format!("\"{i}\""))
-            .collect();
-        if !gone.is_empty() {
-            let _ = writeln!(
-                out,
-                "delete element {table} {} {{ {} }}",
-                map.name,
-                gone.join(", ")
-            );
-        }
-        let came: Vec<String> = after
+        let came: Vec<(&str, String)> = after
             .difference(&before)
-            .map(|(i, verdict)| format!("\"{i}\" : {verdict}"))
+            .map(|(i, verdict)| (i.as_str(), verdict.clone()))
             .collect();
-        if !came.is_empty() {
-            let _ = writeln!(
-                out,
-                "add element {table} {} {{ {} }}",
-                map.name,
-                came.join(", ")
-            );
-        }
+        let gone = before.difference(&after).map(|(i, _)| i.as_str());
+        write_map_changes(&mut out, &table, &map.name, gone, &came);
     }
     for map in old_maps.iter().filter(|m| !has(&new_maps, &m.name)) {
         let _ = writeln!(out, "delete map {table} {}", map.name);
@@ -310,6 +284,36 @@ fn same_text(a: &Chain, b: &Chain) -> bool {
                 && (x.comment == y.comment
                     || quoted_text(&x.comment, MAX_COMMENT) == quoted_text(&y.comment, MAX_COMMENT))
         })
+}
+
+/// The lines that take the interfaces `gone` out of the verdict map `map` and put the
+/// `(interface, verdict)` elements `came` in; nothing for an empty side.
+fn write_map_changes<'a>(
+    out: &mut String,
+    table: &str,
+    map: &str,
+    gone: impl Iterator<Item = &'a str>,
+    came: &[(&str, String)],
+) {
+    let keys: Vec<String> = gone.map(|i| format!("\"{i}\"")).collect();
+    if !keys.is_empty() {
+        let _ = writeln!(
+            out,
+            "delete element {table} {map} {{ {} }}",
+            keys.join(", ")
+        );
+    }
+    if !came.is_empty() {
+        let elements: Vec<String> = came
+            .iter()
+            .map(|(i, verdict)| format!("\"{i}\" : {verdict}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "add element {table} {map} {{ {} }}",
+            elements.join(", ")
+        );
+    }
 }
 
 /// The chains that differ between `old` and `new` in `family`. The chains every table has
